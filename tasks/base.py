@@ -98,6 +98,8 @@ class TaskFamily(ABC):
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     kernel_size: int | tuple[int, ...] | None = None  # for the conv baseline, where one applies
+    conv_padding: tuple[int, ...] | None = None  # circular F.pad widths for the conv baseline
+    filter_size: int = 1  # free parameters of one task's filter: MSR's natural latent size k
 
     @property
     def in_features(self) -> int:
@@ -152,3 +154,45 @@ class TaskFamily(ABC):
     @abstractmethod
     def true_group(self) -> PermutationGroup | None:
         """The layer's symmetry group on ``o + i`` points, or ``None`` without exact symmetry."""
+
+
+class LinearTaskFamily(TaskFamily):
+    """A family whose tasks are linear maps ``y = W x`` with a per-task weight matrix.
+
+    Subclasses implement ``_weights`` (one ``W`` per task) and ``_inputs`` (the examples).
+    """
+
+    @abstractmethod
+    def _weights(self, b: int, generator: torch.Generator) -> torch.Tensor:
+        """Per-task weights. Shape: ``(b, o, i)``."""
+
+    def _inputs(self, b: int, n: int, generator: torch.Generator, split: str) -> torch.Tensor:
+        """Per-task inputs, ``N(0, I)`` unless overridden. Shape: ``(b, n, i)``."""
+        return torch.randn(b, n, self.in_features, generator=generator)
+
+    def _sample(
+        self, b: int, n_support: int, n_query: int, generator: torch.Generator, split: str
+    ) -> TaskBatch:
+        w = self._weights(b, generator)  # (b, o, i)
+        x = self._inputs(b, n_support + n_query, generator, split)  # (b, n, i)
+        y = torch.einsum("boi,bni->bno", w, x)
+        return TaskBatch(x[:, :n_support], y[:, :n_support], x[:, n_support:], y[:, n_support:])
+
+
+def weights_from_partition(partition: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """Fill each weight position with the filter entry its class names (zero for class ``-1``).
+
+    Args:
+        partition: class id per weight position, ``-1`` for a zero weight.
+        filters: one filter per task.
+
+    Returns:
+        The per-task weights.
+
+    Shape:
+        partition: ``(o, i)``; filters: ``(b, k)``; returns ``(b, o, i)``.
+    """
+    b, k = filters.shape
+    padded = torch.cat([filters, filters.new_zeros(b, 1)], dim=1)  # (b, k + 1); index k is zero
+    index = torch.where(partition < 0, k, partition)
+    return padded[:, index]

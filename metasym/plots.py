@@ -1,0 +1,87 @@
+"""Figures of a run: the learned sharing and the learning curve."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = ["plot_curve", "plot_sharing"]
+
+
+def plot_sharing(
+    U: torch.Tensor,
+    n_out: int,
+    n_in: int,
+    path: str | Path,
+    probe: torch.Tensor | None = None,
+    title: str = "learned sharing",
+    max_columns: int = 9,
+) -> Path:
+    """Draw ``reshape(U v)`` for a probe filter ``v`` and each column of ``U`` as an (o, i) image.
+
+    Tied weight positions share a colour in every panel; unconnected positions are zero in all.
+
+    Shape:
+        U: ``(o*i, k)``; probe: ``(k,)``.
+    """
+    U = U.detach().float().cpu()
+    k = U.shape[1]
+    if probe is None:
+        probe = torch.randn(k, generator=torch.Generator().manual_seed(0))
+    columns = min(k, max_columns)
+    panels = 1 + columns
+    ncols = min(panels, 5)
+    nrows = math.ceil(panels / ncols)
+    aspect = n_out / max(n_in, 1)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows * min(max(aspect, 0.5), 2.0) + 0.6), squeeze=False
+    )
+    images = [("W = reshape(U v), probe v", (U @ probe).view(n_out, n_in))]
+    images += [(f"column {j} of U", U[:, j].view(n_out, n_in)) for j in range(columns)]
+    for ax, (name, img) in zip(axes.flat, images, strict=False):
+        lim = float(img.abs().max()) or 1.0
+        im = ax.imshow(img.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("input unit i")
+        ax.set_ylabel("output unit o")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    for ax in list(axes.flat)[len(images) :]:
+        ax.axis("off")
+    fig.suptitle(f"{title}: U is {n_out * n_in} x {k}", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curve(history: list[dict[str, float]], path: str | Path, title: str = "meta-training") -> Path:
+    """Train query loss (smoothed) and test query MSE against the outer step, log scale."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    steps = [h["step"] for h in history]
+    train = torch.tensor([h["train_loss"] for h in history])
+    ax.plot(steps, train.numpy(), color="0.75", lw=0.8, label="train query loss (per step)")
+    window = max(1, len(train) // 50)
+    if len(train) >= window > 1:
+        smooth = train.unfold(0, window, 1).mean(1)
+        ax.plot(steps[window - 1 :], smooth.numpy(), color="C0", lw=1.6, label=f"train (mean of {window})")
+    test = [(h["step"], h["test_mse"]) for h in history if "test_mse" in h]
+    if test:
+        ax.plot(*zip(*test, strict=True), "o-", color="C3", ms=3, label="test query MSE")
+    ax.set_yscale("log")
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("query MSE after adaptation")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
