@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -276,16 +276,15 @@ class ChargeTracker:
                 out[sym.name] = self._charge(sym, lambda n: self._params[n]).clone()
         return out
 
-    def _charge(self, sym: Symmetry, get: object) -> Tensor:
-        fetch = get  # a callable name -> tensor (parameter or gradient)
+    def _charge(self, sym: Symmetry, fetch: Callable[[str], Tensor]) -> Tensor:
+        """The charge formula applied to parameters or, for the SGD prediction, to gradients."""
         if isinstance(sym, ScaleSymmetry):
-            return _sq(fetch(sym.param), sym.per_row)  # type: ignore[operator]
+            return _sq(fetch(sym.param), sym.per_row)
         if isinstance(sym, RescaleSymmetry):
             return rescale_charge(
-                [fetch(n) for n in sym.incoming],  # type: ignore[operator]
-                [fetch(n) for n in sym.outgoing],  # type: ignore[operator]
+                [fetch(n) for n in sym.incoming], [fetch(n) for n in sym.outgoing]
             )
-        return translation_charge([fetch(n) for n in sym.params])  # type: ignore[operator]
+        return translation_charge([fetch(n) for n in sym.params])
 
     def _grad(self, name: str) -> Tensor:
         grad = self._params[name].grad
@@ -564,6 +563,17 @@ def msr_charge(
     raise MetasymError(f"alpha_param={alpha_param!r} is not known; valid: ['linear', 'log']")
 
 
+def _msr_charge_change(
+    before: Sequence[Tensor], after: Sequence[Tensor], alpha_param: AlphaParam
+) -> Tensor:
+    """``Q(after) - Q(before)`` as sums of ``(p' - p)(p' + p)``, free of cancellation in ``Q``."""
+    (u0, v0, a0), (u1, v1, a1) = before, after
+    change = ((u1 - u0) * (u1 + u0)).sum() - ((v1 - v0) * (v1 + v0)).sum()
+    if alpha_param == "linear":
+        return change - 2.0 * (a1 - a0) * (a1 + a0)
+    return change - 4.0 * (a1 - a0)
+
+
 def run_msr_charge_experiment(
     optimizer: Literal["sgd", "adam"],
     *,
@@ -599,11 +609,13 @@ def run_msr_charge_experiment(
         seed: seed of the initialisation and the tasks.
 
     Returns:
-        ``charge`` (Q before each step and after the last), ``meta_loss`` per step, and, for
-        SGD, ``predicted_change`` ``eta^2 (|g_U|^2 - |g_v|^2 [- 2 g_alpha^2])`` per step.
+        ``charge`` (Q before each step and after the last), ``meta_loss`` per step,
+        ``charge_change`` (``Q_{t+1} - Q_t`` per step, computed as sums of ``(p' - p)(p' + p)``
+        so that small changes are not lost to cancellation), and, for SGD,
+        ``predicted_change`` ``eta^2 (|g_U|^2 - |g_v|^2 [- 2 g_alpha^2])`` per step.
 
     Shape:
-        ``charge``: ``(steps + 1,)``; ``meta_loss``, ``predicted_change``: ``(steps,)``.
+        ``charge``: ``(steps + 1,)``; the others: ``(steps,)``.
     """
     if optimizer not in ("sgd", "adam"):
         raise MetasymError(f"optimizer={optimizer!r} is not known; valid: ['sgd', 'adam']")
@@ -621,6 +633,7 @@ def run_msr_charge_experiment(
     charge = torch.empty(steps + 1, dtype=dt)
     losses = torch.empty(steps, dtype=dt)
     predicted = torch.empty(steps, dtype=dt)
+    changes = torch.empty(steps, dtype=dt)
     for t in range(steps):
         batch = sample_conv1d_tasks(n_tasks, gen, n_in=n_in, k=k)
         opt.zero_grad()
@@ -628,16 +641,19 @@ def run_msr_charge_experiment(
         loss.backward()
         with torch.no_grad():
             charge[t] = msr_charge(u, v, alpha_raw, alpha_param)
-            g_u, g_v, g_a = (p.grad for p in params)  # type: ignore[misc]
+            g_u, g_v, g_a = (torch.zeros_like(p) if p.grad is None else p.grad for p in params)
             change = g_u.pow(2).sum() - g_v.pow(2).sum()
             if alpha_param == "linear":
                 change = change - 2.0 * g_a.pow(2)
             predicted[t] = lr**2 * change
         losses[t] = loss.detach()
+        before = [p.detach().clone() for p in params]
         opt.step()
+        with torch.no_grad():
+            changes[t] = _msr_charge_change(before, params, alpha_param)
     with torch.no_grad():
         charge[steps] = msr_charge(u, v, alpha_raw, alpha_param)
-    out = {"charge": charge, "meta_loss": losses}
+    out = {"charge": charge, "meta_loss": losses, "charge_change": changes}
     if optimizer == "sgd":
         out["predicted_change"] = predicted
     logger.info(
@@ -730,8 +746,11 @@ def main(argv: list[str] | None = None) -> None:
         description="Noether charges of SGD and their breaking by Adam.",
     )
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the figure")
-    parser.add_argument("--steps", type=int, default=300, help="outer steps of the MSR run")
-    parser.add_argument("--lr", type=float, default=1e-3, help="outer learning rate (both)")
+    parser.add_argument("--steps", type=int, default=300, help="outer steps of the MSR runs")
+    parser.add_argument(
+        "--lr-sgd", type=float, nargs="+", default=[0.1, 0.3], help="outer SGD learning rates"
+    )
+    parser.add_argument("--lr-adam", type=float, default=1e-3, help="outer Adam learning rate")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -742,18 +761,27 @@ def main(argv: list[str] | None = None) -> None:
 
     scale_tracker, run, e_w4, pred_w4, tail = _demo_scale(args.seed)
     relu_tracker = _demo_relu(200, 0.1, args.seed)
+    settings: list[tuple[Literal["sgd", "adam"], float]] = [("sgd", lr) for lr in args.lr_sgd]
+    settings.append(("adam", args.lr_adam))
     runs = {
-        name: run_msr_charge_experiment(name, steps=args.steps, lr=args.lr, seed=args.seed)
-        for name in ("sgd", "adam")
+        f"{name} lr {lr:g}": run_msr_charge_experiment(
+            name, steps=args.steps, lr=lr, seed=args.seed
+        )
+        for name, lr in settings
     }
     rng = torch.Generator().manual_seed(args.seed)
     batch = sample_conv1d_tasks(8, rng)
-    u = torch.randn(68 * 70, 3, generator=rng, dtype=torch.float64) / 60
+    # The convolutional sharing (W[o, o + k] = v[k]), scaled so that U^T U = I.
+    u = torch.zeros(68, 70, 3, dtype=torch.float64)
+    for k in range(3):
+        u[:, :, k] = torch.eye(68, 70, dtype=torch.float64).roll(k, dims=1)  # no wrap: 70 > 68
+    u = u.reshape(68 * 70, 3) / math.sqrt(68)
     v = torch.randn(3, generator=rng, dtype=torch.float64)
     a = torch.tensor(0.3, dtype=torch.float64)
+    c = 1.7
     m0 = msr_meta_loss(u, v, a, batch)
-    m_sym = msr_meta_loss(*msr_symmetry_transform(u, v, a, 2.0), batch)
-    m_wrong = msr_meta_loss(2.0 * u, v / 2.0, a * 4.0, batch)
+    m_sym = msr_meta_loss(*msr_symmetry_transform(u, v, a, c), batch)
+    m_wrong = msr_meta_loss(c * u, v / c, a * c**2, batch)
 
     errs = {**scale_tracker.prediction_error(), **relu_tracker.prediction_error()}
     print("Noether charges under SGD (float64)")
@@ -782,18 +810,18 @@ def main(argv: list[str] | None = None) -> None:
         ("MSR: rel. change of M under (cU, v/c, alpha c^2)", float((m_wrong - m0).abs() / m0)),
     ]
     for name, r in runs.items():
-        drift = r["charge"] - r["charge"][0]
-        rows.append((f"MSR {name}: meta-loss first -> last 20 mean", float(r["meta_loss"][0])))
-        rows.append((f"MSR {name}:   (last 20 mean)", float(r["meta_loss"][-20:].mean())))
-        rows.append((f"MSR {name}: final |charge drift|", float(drift[-1].abs())))
-    sgd = runs["sgd"]
-    meas = sgd["charge"].diff()
-    rows.append(
-        (
-            "MSR sgd: max |dQ - eta^2(...)| / max |dQ|",
-            float((meas - sgd["predicted_change"]).abs().max() / meas.abs().max()),
-        )
-    )
+        loss = r["meta_loss"]
+        rows.append((f"MSR {name}: meta-loss, mean of first 20 steps", float(loss[:20].mean())))
+        rows.append((f"MSR {name}: meta-loss, mean of last 20 steps", float(loss[-20:].mean())))
+        rows.append((f"MSR {name}: final |Q - Q_0|", float(r["charge_change"].sum().abs())))
+        if "predicted_change" in r:
+            err = r["charge_change"] - r["predicted_change"]
+            rows.append(
+                (
+                    f"MSR {name}: max rel. error of dQ = eta^2(...)",
+                    float((err.abs() / r["charge_change"].abs()).max()),
+                )
+            )
     for name, value in rows:
         print(f"{name:<52} | {value:10.3e}")
 
@@ -810,17 +838,17 @@ def main(argv: list[str] | None = None) -> None:
 
     ax = axes[1]
     hist = relu_tracker.as_tensors()
-    for k, pred in relu_tracker.predicted.items():
-        if not k.startswith("rescale"):
+    for key, preds in relu_tracker.predicted.items():
+        if not key.startswith("rescale"):
             continue
-        q = hist[k].sum(dim=1)
-        q_pred = torch.cat([q[:1], torch.stack(pred).sum(dim=1)])
+        q = hist[key].sum(dim=1)
+        q_pred = torch.cat([q[:1], torch.stack(preds).sum(dim=1)])
         ax.plot(q - q[0], label=r"measured $\sum_h |w_{in}|^2 - |w_{out}|^2$ drift")
         ax.plot(
             q_pred - q[0], "--", label=r"one-step prediction with $\eta^2(|g_{in}|^2-|g_{out}|^2)$"
         )
-    for k, d in relu_tracker.drift().items():
-        if k.startswith("translation"):
+    for key, d in relu_tracker.drift().items():
+        if key.startswith("translation"):
             ax.plot(
                 d.abs().max(dim=1).values, label=r"translation $|\Delta 1^T W|, |\Delta 1^T b|$"
             )
@@ -830,9 +858,13 @@ def main(argv: list[str] | None = None) -> None:
     ax.legend(fontsize=8)
 
     ax = axes[2]
-    for name, r in runs.items():
-        drift = (r["charge"] - r["charge"][0]).abs().clamp_min(1e-18)
-        ax.semilogy(drift, label=f"{name} (lr {args.lr:g})")
+    for j, (name, r) in enumerate(runs.items()):
+        drift = r["charge_change"].cumsum(0).abs().clamp_min(1e-18)  # after steps 1..T
+        ax.semilogy(range(1, len(drift) + 1), drift, color=f"C{j}", label=name)
+        if "predicted_change" in r:
+            cum = r["predicted_change"].cumsum(0).abs()
+            ax.semilogy(range(1, len(cum) + 1), cum, ":", color="k", lw=1.0)
+    ax.plot([], [], ":", color="k", label=r"SGD: $\sum_t \eta^2(|g_U|^2-|g_v|^2-2g_\alpha^2)$")
     ax.set_xlabel("outer step")
     ax.set_ylabel(r"$|Q_t - Q_0|$,  $Q = |U|_F^2 - |v|^2 - 2\alpha^2$")
     ax.set_title(r"MSR $W = \mathrm{reshape}(Uv)$: charge drift, SGD vs Adam")
