@@ -30,7 +30,7 @@ class LocallyConnected1dTasks(LinearTaskFamily):
     def __init__(self, n_in: int = 70, kernel_size: int = 3, rank: int = 2, seed: int = 0) -> None:
         check_sizes(n_in=n_in, kernel_size=kernel_size, rank=rank)
         self.kernel_size = kernel_size
-        self.filter_size = kernel_size
+        self.filter_size = rank * kernel_size  # the free entries of B
         self.rank = rank
         n_out = n_in - kernel_size + 1
         self.in_shape = (n_in,)
