@@ -146,7 +146,10 @@ class SharedConv2d(nn.Module):
     ) -> None:
         super().__init__()
         _check_positive(
-            in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, latent=latent
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=kernel_size,
+            latent=latent,
         )
         self.kernel_shape = (out_channels, in_channels, kernel_size, kernel_size)
         rows = math.prod(self.kernel_shape)
@@ -208,7 +211,9 @@ class Conv(nn.Module):
             )
         c_in, c_out = self.in_shape[0], self.out_shape[0]
         fan_in = c_in * kernel_size**dims
-        self.weight = nn.Parameter(torch.randn(c_out, c_in, *([kernel_size] * dims)) / math.sqrt(fan_in))
+        self.weight = nn.Parameter(
+            torch.randn(c_out, c_in, *([kernel_size] * dims)) / math.sqrt(fan_in)
+        )
         self._conv = F.conv1d if dims == 1 else F.conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

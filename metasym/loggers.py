@@ -41,7 +41,9 @@ class WandbLogger(NullLogger):
         name: str | None = None,
     ) -> None:
         if mode not in WANDB_MODES:
-            raise MetasymError(f"unknown wandb mode {mode!r}; valid modes: {', '.join(WANDB_MODES)}")
+            raise MetasymError(
+                f"unknown wandb mode {mode!r}; valid modes: {', '.join(WANDB_MODES)}"
+            )
         import wandb  # only when asked for
 
         self._wandb = wandb
@@ -65,7 +67,9 @@ class WandbLogger(NullLogger):
 LOGGERS = ("none", "wandb")
 
 
-def make_logger(name: str, config: dict[str, Any], run_dir: str | Path, **options: Any) -> NullLogger:
+def make_logger(
+    name: str, config: dict[str, Any], run_dir: str | Path, **options: Any
+) -> NullLogger:
     """Build a logger by name (``"none"`` or ``"wandb"``)."""
     if name == "none":
         return NullLogger()

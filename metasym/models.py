@@ -34,7 +34,9 @@ def build_model(
     kernel = family.kernel_size
     if name == "conv":
         if not isinstance(kernel, int):
-            raise MetasymError(f"task {family.name!r} has no convolution kernel; model 'conv' needs one")
+            raise MetasymError(
+                f"task {family.name!r} has no convolution kernel; model 'conv' needs one"
+            )
         return Conv(family.in_shape, family.out_shape, kernel, family.conv_padding)
     if name == "lc":
         if len(family.in_shape) != 1 or not isinstance(kernel, int):

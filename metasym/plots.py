@@ -40,13 +40,18 @@ def plot_sharing(
     nrows = math.ceil(panels / ncols)
     aspect = n_out / max(n_in, 1)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows * min(max(aspect, 0.5), 2.0) + 0.6), squeeze=False
+        nrows,
+        ncols,
+        figsize=(3.2 * ncols, 3.2 * nrows * min(max(aspect, 0.5), 2.0) + 0.6),
+        squeeze=False,
     )
     images = [("W = reshape(U v), probe v", (U @ probe).view(n_out, n_in))]
     images += [(f"column {j} of U", U[:, j].view(n_out, n_in)) for j in range(columns)]
     for ax, (name, img) in zip(axes.flat, images, strict=False):
         lim = float(img.abs().max()) or 1.0
-        im = ax.imshow(img.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+        im = ax.imshow(
+            img.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest"
+        )
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("input unit i")
         ax.set_ylabel("output unit o")
@@ -61,7 +66,9 @@ def plot_sharing(
     return path
 
 
-def plot_curve(history: list[dict[str, float]], path: str | Path, title: str = "meta-training") -> Path:
+def plot_curve(
+    history: list[dict[str, float]], path: str | Path, title: str = "meta-training"
+) -> Path:
     """Train query loss (smoothed) and test query MSE against the outer step, log scale."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     steps = [h["step"] for h in history]
@@ -70,7 +77,13 @@ def plot_curve(history: list[dict[str, float]], path: str | Path, title: str = "
     window = max(1, len(train) // 50)
     if len(train) >= window > 1:
         smooth = train.unfold(0, window, 1).mean(1)
-        ax.plot(steps[window - 1 :], smooth.numpy(), color="C0", lw=1.6, label=f"train (mean of {window})")
+        ax.plot(
+            steps[window - 1 :],
+            smooth.numpy(),
+            color="C0",
+            lw=1.6,
+            label=f"train (mean of {window})",
+        )
     test = [(h["step"], h["test_mse"]) for h in history if "test_mse" in h]
     if test:
         ax.plot(*zip(*test, strict=True), "o-", color="C3", ms=3, label="test query MSE")

@@ -100,7 +100,9 @@ def run(settings: dict[str, Any], run_dir: str | Path, progress: bool = True) ->
             model = build_model(name, family, **opts)
         learner = MetaLearner(model, family, config)
         ckpt = run_dir / ("checkpoint.pt" if index == 0 else f"checkpoint_{name}.pt")
-        bar = tqdm(total=config.outer_steps, desc=f"{family.name}/{name}", disable=not progress, leave=True)
+        bar = tqdm(
+            total=config.outer_steps, desc=f"{family.name}/{name}", disable=not progress, leave=True
+        )
 
         def on_step(step: int, loss: float, bar: tqdm = bar, name: str = name) -> None:
             bar.update(1)
@@ -128,14 +130,18 @@ def run(settings: dict[str, Any], run_dir: str | Path, progress: bool = True) ->
     if isinstance(main_learner.model, SharedLinear):
         layer = main_learner.model
         plot_sharing(
-            layer.U, layer.out_features, layer.in_features, run_dir / "sharing.png",
+            layer.U,
+            layer.out_features,
+            layer.in_features,
+            run_dir / "sharing.png",
             title=f"{model_name} on {family.name}",
         )
         metrics["band_energy"] = _partition_energy(layer, family)
         logger.log_image("sharing", run_dir / "sharing.png")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.log_table(
-        "methods", ["method", "mse", "ci95"],
+        "methods",
+        ["method", "mse", "ci95"],
         [[m, r["mse"], r["ci95"]] for m, r in metrics["methods"].items()],
     )
     logger.finish()
@@ -160,7 +166,9 @@ def format_table(metrics: dict[str, Any]) -> str:
     for name, r in metrics["methods"].items():
         lines.append(f"{name:<10} {r['mse']:>10.4f} {r['ci95']:>9.4f} {r['train_seconds']:>8.1f}")
     if "band_energy" in metrics:
-        lines.append(f"energy of reshape(U v) on the true support: {100 * metrics['band_energy']:.2f}%")
+        lines.append(
+            f"energy of reshape(U v) on the true support: {100 * metrics['band_energy']:.2f}%"
+        )
     return "\n".join(lines)
 
 

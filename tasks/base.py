@@ -47,7 +47,9 @@ class TaskBatch:
         sx, sy, qx, qy = self.support_x, self.support_y, self.query_x, self.query_y
         for name, t in (("support_x", sx), ("support_y", sy), ("query_x", qx), ("query_y", qy)):
             if t.ndim != 3:
-                raise MetasymError(f"TaskBatch.{name} must have shape (b, n, features); got {tuple(t.shape)}")
+                raise MetasymError(
+                    f"TaskBatch.{name} must have shape (b, n, features); got {tuple(t.shape)}"
+                )
         if not (sx.shape[0] == sy.shape[0] == qx.shape[0] == qy.shape[0]):
             raise MetasymError(
                 "TaskBatch tensors disagree on the number of tasks b: "
@@ -69,7 +71,9 @@ class TaskBatch:
         return int(self.support_x.shape[0])
 
     def to(self, device: torch.device | str) -> TaskBatch:
-        return TaskBatch(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+        return TaskBatch(
+            *(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y))
+        )
 
     def check_finite(self) -> None:
         """Raise ``MetasymError`` if any tensor holds NaN or infinity."""
@@ -77,7 +81,9 @@ class TaskBatch:
             t = getattr(self, name)
             if not torch.isfinite(t).all():
                 bad = int((~torch.isfinite(t)).sum())
-                raise MetasymError(f"task data {name} holds {bad} non-finite values; tasks must be finite")
+                raise MetasymError(
+                    f"task data {name} holds {bad} non-finite values; tasks must be finite"
+                )
 
 
 def check_sizes(**sizes: int) -> None:

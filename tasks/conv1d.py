@@ -31,7 +31,9 @@ class Conv1dTasks(LinearTaskFamily):
         if not circular and kernel_size > n_in:
             from metasym.errors import MetasymError
 
-            raise MetasymError(f"kernel_size {kernel_size} exceeds n_in {n_in} for a valid convolution")
+            raise MetasymError(
+                f"kernel_size {kernel_size} exceeds n_in {n_in} for a valid convolution"
+            )
         self.circular = circular
         self.kernel_size = kernel_size
         self.filter_size = kernel_size

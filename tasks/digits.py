@@ -54,7 +54,9 @@ class DigitsP4Tasks(LinearTaskFamily):
 
     def __init__(self, test_fraction: float = 0.3, seed: int = 0) -> None:
         if not 0.0 < test_fraction < 1.0:
-            raise MetasymError(f"test_fraction must lie strictly between 0 and 1; got {test_fraction}")
+            raise MetasymError(
+                f"test_fraction must lie strictly between 0 and 1; got {test_fraction}"
+            )
         self.name = "digits_p4"
         self.in_shape = (1, SIDE, SIDE)
         self.out_shape = (ROTATIONS, SIDE, SIDE)

@@ -3,7 +3,14 @@ import torch
 
 import tasks
 from metasym.errors import MetasymError
-from metasym.layers import Conv, Dense, LocallyConnected1d, SharedConv2d, SharedLinear, split_parameters
+from metasym.layers import (
+    Conv,
+    Dense,
+    LocallyConnected1d,
+    SharedConv2d,
+    SharedLinear,
+    split_parameters,
+)
 from metasym.models import build_model
 from tasks.base import weights_from_partition
 
@@ -39,8 +46,14 @@ def test_fixed_sharing_is_a_buffer():
     ("kwargs", "fragment"),
     [
         ({"in_features": 3, "out_features": 2, "latent": 7}, "latent size 7 exceeds out\\*in = 6"),
-        ({"in_features": 3, "out_features": 2, "latent": 0}, "latent must be a positive integer; got 0"),
-        ({"in_features": 0, "out_features": 2, "latent": 1}, "in_features must be a positive integer"),
+        (
+            {"in_features": 3, "out_features": 2, "latent": 0},
+            "latent must be a positive integer; got 0",
+        ),
+        (
+            {"in_features": 0, "out_features": 2, "latent": 1},
+            "in_features must be a positive integer",
+        ),
     ],
 )
 def test_shared_linear_refuses_bad_sizes(kwargs, fragment):
@@ -99,7 +112,9 @@ def test_shared_conv2d_matches_a_conv_with_its_kernel(gen):
     layer = SharedConv2d(2, 3, 3, latent=4, padding=(1, 1, 1, 1))
     x = torch.randn(5, 2, 6, 6, generator=gen)
     kernel = (layer.U @ layer.v).view(3, 2, 3, 3)
-    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="circular"), kernel)
+    expected = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (1, 1, 1, 1), mode="circular"), kernel
+    )
     torch.testing.assert_close(layer(x), expected)
     assert list(split_parameters(layer)[0]) == ["v"]
 

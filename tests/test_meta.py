@@ -25,8 +25,12 @@ def test_func_and_higher_backends_give_the_same_meta_gradient(model_name, first_
     torch.manual_seed(0)
     model = build_model(model_name, fam).double()
     batch = fam.sample(6, 2, 5, generator=gen)
-    batch = type(batch)(*(t.double() for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)))
-    lrs = torch.full((len(split_parameters(model)[0]),), 0.3, dtype=torch.float64, requires_grad=True)
+    batch = type(batch)(
+        *(t.double() for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+    )
+    lrs = torch.full(
+        (len(split_parameters(model)[0]),), 0.3, dtype=torch.float64, requires_grad=True
+    )
     a = _meta_grad(model, batch, lrs, "func", first_order)
     b = _meta_grad(model, batch, lrs, "higher", first_order)
     assert (a - b).norm() / a.norm() < 1e-5
@@ -39,7 +43,9 @@ def test_second_order_differs_from_first_order_and_matches_finite_differences(ge
     with torch.no_grad():
         model.U.mul_(30)
     batch = fam.sample(4, 1, 5, generator=gen)
-    batch = type(batch)(*(t.double() for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)))
+    batch = type(batch)(
+        *(t.double() for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+    )
     lrs = torch.tensor([0.5], dtype=torch.float64, requires_grad=True)
     second = _meta_grad(model, batch, lrs, "func", False, steps=1)
     first = _meta_grad(model, batch, lrs, "func", True, steps=1)
@@ -71,7 +77,9 @@ def test_unknown_backend_and_bad_config_are_refused():
 def test_nan_loss_stops_training_with_the_step(tmp_path):
     fam = tasks.make_family("conv1d", n_in=10)
     torch.manual_seed(0)
-    learner = MetaLearner(build_model("msr_fc", fam), fam, MetaConfig(outer_steps=6, checkpoint_every=2))
+    learner = MetaLearner(
+        build_model("msr_fc", fam), fam, MetaConfig(outer_steps=6, checkpoint_every=2)
+    )
     learner.fit(steps=2, checkpoint=tmp_path / "c.pt")
     good = (tmp_path / "c.pt").read_bytes()
     with torch.no_grad():
@@ -86,7 +94,10 @@ def test_tasks_of_the_wrong_size_are_refused(gen):
     fam = tasks.make_family("conv1d", n_in=10)
     learner = MetaLearner(build_model("msr_fc", fam), fam, MetaConfig(outer_steps=1))
     other = tasks.make_family("conv1d", n_in=12).sample(2, generator=gen)
-    with pytest.raises(MetasymError, match="tasks have 12 inputs and 10 outputs, but the model was built for 10 -> 8"):
+    with pytest.raises(
+        MetasymError,
+        match="tasks have 12 inputs and 10 outputs, but the model was built for 10 -> 8",
+    ):
         learner.meta_step(other)
 
 
@@ -173,7 +184,10 @@ def test_locally_connected_rank2_msr_beats_conv():
         learner = MetaLearner(build_model(name, fam), fam, cfg)
         learner.fit(steps=3000 if name == "msr_fc" else 1000)  # conv has plateaued by 1000 steps
         results[name] = learner.evaluate()
-    assert results["msr_fc"].mean + results["msr_fc"].ci95 < results["conv"].mean - results["conv"].ci95
+    assert (
+        results["msr_fc"].mean + results["msr_fc"].ci95
+        < results["conv"].mean - results["conv"].ci95
+    )
     assert results["msr_fc"].mean < 0.3
 
 

@@ -79,7 +79,10 @@ def test_sampling_is_seeded():
 
 
 def test_true_groups_preserve_true_partitions():
-    for fam in (tasks.make_family("conv1d", n_in=12, circular=True), tasks.make_family("digits_p4")):
+    for fam in (
+        tasks.make_family("conv1d", n_in=12, circular=True),
+        tasks.make_family("digits_p4"),
+    ):
         part = fam.true_partition()
         o, i = part.shape
         group = fam.true_group()

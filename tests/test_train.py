@@ -25,7 +25,13 @@ def _settings(**over):
 
 def test_run_writes_the_run_folder_and_compares_baselines(tmp_path):
     metrics = run(_settings(baselines="all"), tmp_path, progress=False)
-    for name in ("metrics.json", "checkpoint.pt", "checkpoint_dense.pt", "sharing.png", "curve.png"):
+    for name in (
+        "metrics.json",
+        "checkpoint.pt",
+        "checkpoint_dense.pt",
+        "sharing.png",
+        "curve.png",
+    ):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
@@ -57,8 +63,15 @@ def test_bad_settings_are_refused_before_training(tmp_path, over, fragment):
 def test_hydra_entry_point_runs_with_overrides(tmp_path):
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "metasym.train", "task=conv1d", "task.n_in=10", "meta.outer_steps=5",
-        "meta.eval_tasks=10", "baselines=[conv]", f"hydra.run.dir={out}",
+        sys.executable,
+        "-m",
+        "metasym.train",
+        "task=conv1d",
+        "task.n_in=10",
+        "meta.outer_steps=5",
+        "meta.eval_tasks=10",
+        "baselines=[conv]",
+        f"hydra.run.dir={out}",
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -29,14 +29,40 @@ from torch.func import functional_call, grad, vmap
 from metasym.errors import MetasymError
 from tasks.base import TaskBatch
 
-__all__ = ["BACKENDS", "Params", "adapt", "task_losses"]
+__all__ = [
+    "BACKENDS",
+    "LOSSES",
+    "SOLVERS",
+    "LossFn",
+    "Params",
+    "adapt",
+    "query_outputs",
+    "task_losses",
+]
 
 Params: TypeAlias = dict[str, torch.Tensor]
 Backend: TypeAlias = Callable[..., torch.Tensor]
+LossFn: TypeAlias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _loss(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(functional_call(model, params, (x,)), y)
+def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # class labels travel as a (n, 1) column so that TaskBatch keeps one layout for all tasks
+    return F.cross_entropy(logits, y[..., 0].long())
+
+
+LOSSES: dict[str, LossFn] = {"mse": F.mse_loss, "cross_entropy": _cross_entropy}
+"""``mse``: regression, ``y`` of shape ``(n, o)``; ``cross_entropy``: classification, logits
+``(n, classes)`` and labels ``y`` of shape ``(n, 1)``."""
+
+SOLVERS = ("sgd", "ridge")
+"""``sgd``: ``inner_steps`` SGD steps; ``ridge``: a closed-form ridge solve for layers linear in
+their fast parameters (``metasym.meta.ridge``)."""
+
+
+def _loss(
+    model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = F.mse_loss
+) -> torch.Tensor:
+    return loss_fn(functional_call(model, params, (x,)), y)
 
 
 def adapt(
@@ -48,6 +74,7 @@ def adapt(
     y: torch.Tensor,
     steps: int,
     first_order: bool = False,
+    loss_fn: LossFn = F.mse_loss,
 ) -> Params:
     """Adapt the fast parameters of one task by ``steps`` SGD steps on ``(x, y)``.
 
@@ -60,6 +87,7 @@ def adapt(
         y: support targets.
         steps: number of SGD steps (0 returns ``fast``).
         first_order: treat inner gradients as constants for the outer gradient.
+        loss_fn: the support loss (one of ``LOSSES``).
 
     Returns:
         The adapted fast parameters.
@@ -69,7 +97,7 @@ def adapt(
     """
 
     def support_loss(f: Params) -> torch.Tensor:
-        return _loss(model, {**meta, **f}, x, y)
+        return _loss(model, {**meta, **f}, x, y, loss_fn)
 
     names = list(fast)
     for _ in range(steps):
@@ -80,6 +108,26 @@ def adapt(
     return fast
 
 
+def _adapter(
+    model: nn.Module,
+    fast: Params,
+    meta: Params,
+    lrs: torch.Tensor,
+    steps: int,
+    first_order: bool,
+    loss_fn: LossFn,
+    solver: str,
+) -> Callable[[torch.Tensor, torch.Tensor], Params]:
+    """The per-task inner solver as a function of the support set (vmappable)."""
+    if solver == "ridge":
+        from metasym.meta.ridge import ridge_adapt
+
+        return lambda x, y: ridge_adapt(model, fast, meta, lrs, x, y, loss_fn)
+    if solver != "sgd":
+        raise MetasymError(f"unknown inner solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
+    return lambda x, y: adapt(model, fast, meta, lrs, x, y, steps, first_order, loss_fn)
+
+
 def _func_losses(
     model: nn.Module,
     fast: Params,
@@ -88,12 +136,40 @@ def _func_losses(
     batch: TaskBatch,
     steps: int,
     first_order: bool,
+    loss_fn: LossFn,
+    solver: str = "sgd",
 ) -> torch.Tensor:
-    def one_task(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor) -> torch.Tensor:
-        adapted = adapt(model, fast, meta, lrs, sx, sy, steps, first_order)
-        return _loss(model, {**meta, **adapted}, qx, qy)
+    solve = _adapter(model, fast, meta, lrs, steps, first_order, loss_fn, solver)
+
+    def one_task(
+        sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+    ) -> torch.Tensor:
+        return _loss(model, {**meta, **solve(sx, sy)}, qx, qy, loss_fn)
 
     return vmap(one_task)(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+
+
+def query_outputs(
+    model: nn.Module,
+    fast: Params,
+    meta: Params,
+    lrs: torch.Tensor,
+    batch: TaskBatch,
+    steps: int = 1,
+    loss: str = "mse",
+    solver: str = "sgd",
+) -> torch.Tensor:
+    """Model outputs on every task's query inputs after adapting on its support set.
+
+    Shape:
+        returns ``(b, n_q, o)`` (``o`` = number of classes for classification).
+    """
+    solve = _adapter(model, fast, meta, lrs, steps, True, LOSSES[loss], solver)
+
+    def one_task(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, {**meta, **solve(sx, sy)}, (qx,))
+
+    return vmap(one_task)(batch.support_x, batch.support_y, batch.query_x)
 
 
 def _higher_losses(
@@ -104,6 +180,7 @@ def _higher_losses(
     batch: TaskBatch,
     steps: int,
     first_order: bool,
+    loss_fn: LossFn,
 ) -> torch.Tensor:
     import higher
 
@@ -130,9 +207,9 @@ def _higher_losses(
             model, inner_opt, copy_initial_weights=False, override={"lr": rates}
         ) as (fmodel, diffopt):
             for _ in range(steps):
-                support = F.mse_loss(fmodel(batch.support_x[t]), batch.support_y[t])
+                support = loss_fn(fmodel(batch.support_x[t]), batch.support_y[t])
                 diffopt.step(support, grad_callback=detach_all if first_order else None)
-            losses.append(F.mse_loss(fmodel(batch.query_x[t]), batch.query_y[t]))
+            losses.append(loss_fn(fmodel(batch.query_x[t]), batch.query_y[t]))
     return torch.stack(losses)
 
 
@@ -148,6 +225,8 @@ def task_losses(
     steps: int = 1,
     first_order: bool = False,
     backend: str = "func",
+    loss: str = "mse",
+    solver: str = "sgd",
 ) -> torch.Tensor:
     """Query loss of every task in ``batch`` after adapting on its support set.
 
@@ -160,6 +239,8 @@ def task_losses(
         steps: inner SGD steps.
         first_order: drop second-order terms from the outer gradient.
         backend: ``"func"`` (vmapped ``torch.func``) or ``"higher"`` (task by task).
+        loss: one of ``LOSSES``.
+        solver: one of ``SOLVERS``; ``"ridge"`` ignores ``steps``, ``first_order`` and ``backend``.
 
     Returns:
         Per-task query MSE. Shape: ``(b,)``.
@@ -167,5 +248,15 @@ def task_losses(
     if backend not in BACKENDS:
         raise MetasymError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if lrs.shape != (len(fast),):
-        raise MetasymError(f"lrs has shape {tuple(lrs.shape)}; expected ({len(fast)},), one per fast tensor")
-    return BACKENDS[backend](model, fast, meta, lrs, batch, steps, first_order)
+        raise MetasymError(
+            f"lrs has shape {tuple(lrs.shape)}; expected ({len(fast)},), one per fast tensor"
+        )
+    if loss not in LOSSES:
+        raise MetasymError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSSES)}")
+    if solver != "sgd":
+        if backend != "func":
+            raise MetasymError(
+                f"inner solver {solver!r} runs on backend 'func' only; got {backend!r}"
+            )
+        return _func_losses(model, fast, meta, lrs, batch, steps, first_order, LOSSES[loss], solver)
+    return BACKENDS[backend](model, fast, meta, lrs, batch, steps, first_order, LOSSES[loss])

@@ -23,7 +23,7 @@ from torch import nn
 
 from metasym.errors import MetasymError
 from metasym.layers import split_parameters
-from metasym.meta.inner import BACKENDS, adapt, task_losses
+from metasym.meta.inner import BACKENDS, LOSSES, SOLVERS, adapt, query_outputs, task_losses
 from tasks.base import TaskBatch, TaskFamily, check_sizes
 
 __all__ = ["CHECKPOINT_FORMAT", "EvalResult", "MetaConfig", "MetaLearner", "load_checkpoint"]
@@ -46,6 +46,9 @@ class MetaConfig:
         learn_inner_lr: meta-learn the inner learning rates.
         first_order: drop second-order terms of the meta-gradient.
         backend: ``"func"`` or ``"higher"``.
+        loss: ``"mse"`` (regression) or ``"cross_entropy"`` (classification; evaluation then also
+            reports accuracy).
+        inner: inner solver, ``"sgd"`` or ``"ridge"`` (closed form for layers linear in ``v``).
         n_support: support examples per task.
         n_query: query examples per task.
         eval_tasks: size of the fixed test set of tasks.
@@ -63,6 +66,8 @@ class MetaConfig:
     learn_inner_lr: bool = True
     first_order: bool = False
     backend: str = "func"
+    loss: str = "mse"
+    inner: str = "sgd"
     n_support: int = 1
     n_query: int = 19
     eval_tasks: int = 300
@@ -84,25 +89,52 @@ class MetaConfig:
         for name in ("eval_every", "checkpoint_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
-                raise MetasymError(f"{name} must be an integer >= 0 (0 turns it off); got {value!r}")
+                raise MetasymError(
+                    f"{name} must be an integer >= 0 (0 turns it off); got {value!r}"
+                )
         if not (self.outer_lr > 0 and math.isfinite(self.outer_lr)):
             raise MetasymError(f"outer_lr must be a positive finite number; got {self.outer_lr!r}")
         if not math.isfinite(self.inner_lr):
             raise MetasymError(f"inner_lr must be finite; got {self.inner_lr!r}")
+        if self.loss not in LOSSES:
+            raise MetasymError(f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSSES)}")
+        if self.inner not in SOLVERS:
+            raise MetasymError(
+                f"unknown inner solver {self.inner!r}; valid solvers: {', '.join(SOLVERS)}"
+            )
         if self.backend not in BACKENDS:
-            raise MetasymError(f"unknown backend {self.backend!r}; valid backends: {', '.join(BACKENDS)}")
+            raise MetasymError(
+                f"unknown backend {self.backend!r}; valid backends: {', '.join(BACKENDS)}"
+            )
+
+
+def _mean_ci95(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and the half-width of a normal-approximation 95% interval."""
+    n = values.numel()
+    sem = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
+    return values.mean().item(), 1.96 * sem
 
 
 @dataclass
 class EvalResult:
-    """Query MSE over a set of test tasks: mean, 95% interval half-width, and per task."""
+    """Query loss over a set of test tasks: mean, 95% interval half-width, and per task.
+
+    For classification (``loss="cross_entropy"``) ``accuracy`` and ``accuracy_ci95`` hold the mean
+    query accuracy and its interval; ``mean`` is then the mean cross-entropy.
+    """
 
     mean: float
     ci95: float
     per_task: list[float] = field(repr=False)
+    accuracy: float | None = None
+    accuracy_ci95: float | None = None
 
     def as_dict(self) -> dict[str, float]:
-        return {"mse": self.mean, "ci95": self.ci95, "tasks": len(self.per_task)}
+        out = {"mse": self.mean, "ci95": self.ci95, "tasks": len(self.per_task)}
+        if self.accuracy is not None and self.accuracy_ci95 is not None:
+            out = {"loss": self.mean, "ci95": self.ci95, "tasks": len(self.per_task)}
+            out.update(accuracy=self.accuracy, accuracy_ci95=self.accuracy_ci95)
+        return out
 
 
 class MetaLearner:
@@ -139,8 +171,16 @@ class MetaLearner:
         fo = self.config.first_order if first_order is None else first_order
         fast, meta = split_parameters(self.model)
         return task_losses(
-            self.model, fast, meta, self.inner_lrs, batch, self.config.inner_steps, fo,
+            self.model,
+            fast,
+            meta,
+            self.inner_lrs,
+            batch,
+            self.config.inner_steps,
+            fo,
             self.config.backend,
+            self.config.loss,
+            self.config.inner,
         )
 
     def meta_step(self, batch: TaskBatch | None = None) -> float:
@@ -192,7 +232,11 @@ class MetaLearner:
             self.history.append(record)
             if callback is not None:
                 callback(self.step_count, loss)
-            if checkpoint is not None and cfg.checkpoint_every and self.step_count % cfg.checkpoint_every == 0:
+            if (
+                checkpoint is not None
+                and cfg.checkpoint_every
+                and self.step_count % cfg.checkpoint_every == 0
+            ):
                 self.save(checkpoint)
                 saved_at = self.step_count
         if checkpoint is not None and saved_at != self.step_count:
@@ -218,13 +262,35 @@ class MetaLearner:
         parts = []
         for start in range(0, batch.num_tasks, chunk):
             sub = TaskBatch(
-                *(t[start : start + chunk] for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+                *(
+                    t[start : start + chunk]
+                    for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+                )
             )
             parts.append(self.query_losses(sub, first_order=True).detach())
         losses = torch.cat(parts).double()
-        n = losses.numel()
-        sem = losses.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
-        return EvalResult(losses.mean().item(), 1.96 * sem, losses.tolist())
+        mean, ci95 = _mean_ci95(losses)
+        result = EvalResult(mean, ci95, losses.tolist())
+        if self.config.loss == "cross_entropy":
+            result.accuracy, result.accuracy_ci95 = _mean_ci95(self._accuracies(batch, chunk))
+        return result
+
+    def _accuracies(self, batch: TaskBatch, chunk: int) -> torch.Tensor:
+        fast, meta = split_parameters(self.model)
+        cfg = self.config
+        parts = []
+        for start in range(0, batch.num_tasks, chunk):
+            sub = TaskBatch(
+                *(
+                    t[start : start + chunk]
+                    for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+                )
+            )
+            logits = query_outputs(
+                self.model, fast, meta, self.inner_lrs, sub, cfg.inner_steps, cfg.loss, cfg.inner
+            ).detach()  # (b, n_q, classes)
+            parts.append((logits.argmax(-1) == sub.query_y[..., 0].long()).double().mean(1))
+        return torch.cat(parts)
 
     def adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int | None = None) -> nn.Module:
         """A copy of the model with its fast parameters adapted to one task's examples.
@@ -234,7 +300,9 @@ class MetaLearner:
         """
         fast, meta = split_parameters(self.model)
         steps = self.config.inner_steps if steps is None else steps
-        adapted = adapt(self.model, fast, meta, self.inner_lrs, x, y, steps, first_order=True)
+        adapted = adapt(
+            self.model, fast, meta, self.inner_lrs, x, y, steps, True, LOSSES[self.config.loss]
+        )
         clone = copy.deepcopy(self.model)
         with torch.no_grad():
             for name, value in adapted.items():
@@ -306,7 +374,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for damaged files
-        raise MetasymError(f"checkpoint {str(path)!r} cannot be read (truncated or not a checkpoint): {err}") from err
+        raise MetasymError(
+            f"checkpoint {str(path)!r} cannot be read (truncated or not a checkpoint): {err}"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise MetasymError(f"{str(path)!r} is not a metasym checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+        raise MetasymError(
+            f"{str(path)!r} is not a metasym checkpoint (expected format {CHECKPOINT_FORMAT!r})"
+        )
     return state
