@@ -1,6 +1,13 @@
-"""Build the model a task family is meta-trained with, by name."""
+"""Build the model a task family is meta-trained with, by name.
+
+Each entry of ``MODEL_BUILDERS`` maps a name to a function ``(family, **options) -> nn.Module``;
+``build_model`` looks the name up and turns bad options into a ``MetasymError``.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -8,43 +15,66 @@ from metasym.errors import MetasymError
 from metasym.layers import Conv, Dense, LocallyConnected1d, SharedLinear
 from tasks.base import TaskFamily
 
-__all__ = ["MODELS", "build_model"]
+__all__ = ["MODELS", "MODEL_BUILDERS", "build_model"]
+
+ModelBuilder = Callable[..., nn.Module]
+
+
+def _msr_fc(family: TaskFamily, latent: int | None = None, bias: bool = False) -> nn.Module:
+    """One ``SharedLinear``; ``latent=None`` uses the family's ``filter_size``."""
+    k = family.filter_size if latent is None else latent
+    return SharedLinear(family.in_features, family.out_features, k, bias=bias)
+
+
+def _dense(family: TaskFamily, bias: bool = False) -> nn.Module:
+    """MAML-FC: a fully connected layer, all of it fast."""
+    return Dense(family.in_features, family.out_features, bias=bias)
+
+
+def _conv(family: TaskFamily) -> nn.Module:
+    """MAML-conv: a convolution with the task's kernel size and padding."""
+    kernel = family.kernel_size
+    if not isinstance(kernel, int):
+        raise MetasymError(f"task {family.name!r} has no convolution kernel; model 'conv' needs one")
+    return Conv(family.in_shape, family.out_shape, kernel, family.conv_padding)
+
+
+def _lc(family: TaskFamily) -> nn.Module:
+    """MAML-LC: a locally connected 1D layer."""
+    kernel = family.kernel_size
+    if len(family.in_shape) != 1 or not isinstance(kernel, int):
+        raise MetasymError(
+            f"model 'lc' is a 1D locally connected layer; task {family.name!r} has input shape "
+            f"{family.in_shape}"
+        )
+    if family.conv_padding is not None:
+        raise MetasymError(f"model 'lc' has no wrap-around; task {family.name!r} is circular")
+    return LocallyConnected1d(family.in_features, kernel)
+
+
+MODEL_BUILDERS: dict[str, ModelBuilder] = {
+    "msr_fc": _msr_fc,
+    "dense": _dense,
+    "conv": _conv,
+    "lc": _lc,
+}
 
 MODELS = ("msr_fc", "dense", "conv", "lc")
-"""``msr_fc``: one ``SharedLinear``; ``dense``: MAML-FC; ``conv``: MAML with the task's kernel size;
-``lc``: MAML with a locally connected 1D layer."""
+"""The single-layer models the regression families share (``baselines=all`` runs them): ``msr_fc``, ``dense``, ``conv``,
+``lc``."""
 
 
-def build_model(
-    name: str, family: TaskFamily, latent: int | None = None, bias: bool = False
-) -> nn.Module:
-    """A single-layer model for ``family``'s input and output sizes.
+def build_model(name: str, family: TaskFamily, **options: Any) -> nn.Module:
+    """Build model ``name`` for ``family``'s shapes.
 
     Args:
-        name: one of ``MODELS``.
+        name: a key of ``MODEL_BUILDERS``.
         family: the task family (gives sizes, kernel size and padding).
-        latent: filter size ``k`` of ``msr_fc``; ``None`` uses the family's ``filter_size``.
-        bias: give ``msr_fc`` and ``dense`` a bias.
+        **options: passed to the builder (``latent`` and ``bias`` for ``msr_fc``).
     """
-    i, o = family.in_features, family.out_features
-    if name == "msr_fc":
-        return SharedLinear(i, o, family.filter_size if latent is None else latent, bias=bias)
-    if name == "dense":
-        return Dense(i, o, bias=bias)
-    kernel = family.kernel_size
-    if name == "conv":
-        if not isinstance(kernel, int):
-            raise MetasymError(
-                f"task {family.name!r} has no convolution kernel; model 'conv' needs one"
-            )
-        return Conv(family.in_shape, family.out_shape, kernel, family.conv_padding)
-    if name == "lc":
-        if len(family.in_shape) != 1 or not isinstance(kernel, int):
-            raise MetasymError(
-                f"model 'lc' is a 1D locally connected layer; task {family.name!r} has input shape "
-                f"{family.in_shape}"
-            )
-        if family.conv_padding is not None:
-            raise MetasymError(f"model 'lc' has no wrap-around; task {family.name!r} is circular")
-        return LocallyConnected1d(i, kernel)
-    raise MetasymError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    if name not in MODEL_BUILDERS:
+        raise MetasymError(f"unknown model {name!r}; valid models: {', '.join(MODEL_BUILDERS)}")
+    try:
+        return MODEL_BUILDERS[name](family, **options)
+    except TypeError as err:
+        raise MetasymError(f"bad options {sorted(options)} for model {name!r}: {err}") from err

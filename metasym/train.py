@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from metasym.errors import MetasymError
 from metasym.layers import SharedLinear
 from metasym.loggers import make_logger
 from metasym.meta import MetaConfig, MetaLearner
-from metasym.models import MODELS, build_model
+from metasym.models import MODEL_BUILDERS, MODELS, build_model
 from metasym.plots import plot_curve, plot_sharing
 from tasks import make_family
 from tasks.base import TaskFamily
@@ -47,8 +46,8 @@ def _baseline_names(spec: Any, family: TaskFamily, main_model: str) -> list[str]
     if not isinstance(spec, Sequence):
         raise MetasymError(f"baselines must be 'all', 'none' or a list of models; got {spec!r}")
     for name in spec:
-        if name not in MODELS:
-            raise MetasymError(f"unknown baseline {name!r}; valid models: {', '.join(MODELS)}")
+        if name not in MODEL_BUILDERS:
+            raise MetasymError(f"unknown baseline {name!r}; valid models: {', '.join(MODEL_BUILDERS)}")
     return [str(n) for n in spec if n != main_model]
 
 

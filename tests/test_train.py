@@ -24,7 +24,7 @@ def _settings(**over):
 
 
 def test_run_writes_the_run_folder_and_compares_baselines(tmp_path):
-    metrics = run(_settings(baselines="all"), tmp_path, progress=False)
+    metrics = run(_settings(baselines="all"), tmp_path, progress=False)  # msr_fc + 3 baselines
     for name in (
         "metrics.json",
         "checkpoint.pt",
