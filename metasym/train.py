@@ -9,8 +9,10 @@ too), ``sharing.png`` and ``curve.png``.
 from __future__ import annotations
 
 import json
+import sys
 import logging
 import time
+from dataclasses import asdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 from metasym.errors import MetasymError
 from metasym.layers import SharedLinear
 from metasym.loggers import make_logger
-from metasym.meta import MetaConfig, MetaLearner
+from metasym.meta import MetaConfig, MetaLearner, load_checkpoint
 from metasym.models import MODEL_BUILDERS, MODELS, build_model
 from metasym.plots import plot_curve, plot_sharing
 from tasks import make_family
@@ -47,7 +49,9 @@ def _baseline_names(spec: Any, family: TaskFamily, main_model: str) -> list[str]
         raise MetasymError(f"baselines must be 'all', 'none' or a list of models; got {spec!r}")
     for name in spec:
         if name not in MODEL_BUILDERS:
-            raise MetasymError(f"unknown baseline {name!r}; valid models: {', '.join(MODEL_BUILDERS)}")
+            raise MetasymError(
+                f"unknown baseline {name!r}; valid models: {', '.join(MODEL_BUILDERS)}"
+            )
     return [str(n) for n in spec if n != main_model]
 
 
@@ -55,19 +59,60 @@ def _mean_squared_target(learner: MetaLearner) -> float:
     return float(learner.test_batch().query_y.pow(2).mean())
 
 
-def run(settings: dict[str, Any], run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+# meta settings that may change between a run and its resumption: they do not change the model
+RESUMABLE_META_KEYS = frozenset(
+    {"outer_steps", "eval_every", "checkpoint_every", "eval_tasks", "backend"}
+)
+
+
+def _check_resumable(state: dict[str, Any], settings: dict[str, Any], path: Path) -> None:
+    """Refuse to resume from a checkpoint whose task, model or meta settings differ."""
+    saved = {
+        "task": state.get("metadata", {}).get("task"),
+        "model": state.get("metadata", {}).get("model"),
+    }
+    diffs = [k for k in ("task", "model") if saved[k] != dict(settings[k])]
+    old_meta = dict(state.get("config", {}))
+    new_meta = asdict(MetaConfig(**settings["meta"]))
+    diffs += [
+        f"meta.{k}"
+        for k in sorted(set(old_meta) | set(new_meta))
+        if k not in RESUMABLE_META_KEYS and old_meta.get(k) != new_meta.get(k)
+    ]
+    if diffs:
+        raise MetasymError(
+            f"cannot resume {str(path)!r}: {', '.join(diffs)} differ from the checkpoint's run; "
+            f"only {', '.join(sorted('meta.' + k for k in RESUMABLE_META_KEYS))} may change"
+        )
+
+
+def run(
+    settings: dict[str, Any], run_dir: str | Path, progress: bool = True, resume: bool = False
+) -> dict[str, Any]:
     """Meta-train the configured model (and baselines) and write the run folder.
 
     Args:
         settings: the resolved configuration (``task``, ``model``, ``meta``, ``logger``,
             ``baselines``, ``device``, ``threads``), as plain containers.
-        run_dir: the run folder to write into.
+        run_dir: the run folder to write into. A folder that already holds a run is refused
+            unless ``resume`` is set.
         progress: show progress bars.
+        resume: continue the run in ``run_dir`` from its checkpoints (the task, model and meta
+            settings must match; ``meta.outer_steps`` may grow).
 
     Returns:
         The contents of ``metrics.json``.
     """
     run_dir = Path(run_dir)
+    if resume and not (run_dir / "checkpoint.pt").is_file():
+        raise MetasymError(
+            f"cannot resume {str(run_dir)!r}: it holds no checkpoint.pt, so it is not a run folder"
+        )
+    if not resume and any((run_dir / f).exists() for f in ("checkpoint.pt", "metrics.json")):
+        raise MetasymError(
+            f"run folder {str(run_dir)!r} already holds a run; resume it (resume={run_dir}) or "
+            "choose a new folder"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
@@ -98,7 +143,12 @@ def run(settings: dict[str, Any], run_dir: str | Path, progress: bool = True) ->
             torch.manual_seed(config.seed)
             model = build_model(name, family, **opts)
         learner = MetaLearner(model, family, config)
+        learner.metadata = {"task": dict(settings["task"]), "model": {"name": name, **opts}}
         ckpt = run_dir / ("checkpoint.pt" if index == 0 else f"checkpoint_{name}.pt")
+        if resume and ckpt.is_file():
+            state = load_checkpoint(ckpt)
+            _check_resumable(state, {**settings, "model": learner.metadata["model"]}, ckpt)
+            learner.load_state_dict(state)
         bar = tqdm(
             total=config.outer_steps, desc=f"{family.name}/{name}", disable=not progress, leave=True
         )
@@ -161,9 +211,13 @@ def _partition_energy(layer: SharedLinear, family: TaskFamily, probes: int = 64)
 def format_table(metrics: dict[str, Any]) -> str:
     """The comparison table printed at the end of a run."""
     lines = [f"task {metrics['task']}  (mean squared target {metrics['mean_squared_target']:.3f})"]
-    lines.append(f"{'method':<10} {'query MSE':>10} {'95% CI':>9} {'train s':>8}")
+    lines.append(f"{'method':<10} {'query loss':>10} {'95% CI':>9} {'train s':>8}")
     for name, r in metrics["methods"].items():
-        lines.append(f"{name:<10} {r['mse']:>10.4f} {r['ci95']:>9.4f} {r['train_seconds']:>8.1f}")
+        loss = r.get("mse", r.get("loss", float("nan")))
+        line = f"{name:<10} {loss:>10.4f} {r['ci95']:>9.4f} {r['train_seconds']:>8.1f}"
+        if "accuracy" in r:
+            line += f"   accuracy {100 * r['accuracy']:.1f}% +- {100 * r['accuracy_ci95']:.1f}"
+        lines.append(line)
     if "band_energy" in metrics:
         lines.append(
             f"energy of reshape(U v) on the true support: {100 * metrics['band_energy']:.2f}%"
@@ -171,11 +225,40 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _latest_run(root: Path) -> Path:
+    """The most recently written run folder under ``root`` that holds a checkpoint."""
+    runs = sorted(root.glob("**/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise MetasymError(
+            f"resume=true found no run folder with a checkpoint.pt under {str(root)!r}"
+        )
+    return runs[-1].parent
+
+
+def _run_dir(resume: Any, default: str) -> str:
+    """Hydra's run folder: a new one, or the folder being resumed (``resume=true`` or a path)."""
+    if resume in (None, False, "false", ""):
+        return default
+    if resume in (True, "true"):
+        return str(_latest_run(Path("outputs")))
+    return str(resume)
+
+
+def _register_schemas() -> None:
+    """Typed schemas, so that Hydra refuses misspelled or ill-typed keys before a run starts."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="meta", name="schema", node=MetaConfig)
+
+
 def _hydra_main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
+    if not OmegaConf.has_resolver("metasym_run_dir"):
+        OmegaConf.register_new_resolver("metasym_run_dir", _run_dir)
+    _register_schemas()
     conf_dir = str(Path(__file__).resolve().parent.parent / "conf")
 
     @hydra.main(version_base="1.3", config_path=conf_dir, config_name="config")
@@ -183,8 +266,13 @@ def _hydra_main() -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         settings = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(settings, dict)
+        resume = settings.pop("resume", None) not in (None, False, "false", "")
+        try:
+            metrics = run({str(k): v for k, v in settings.items()}, run_dir, resume=resume)
+        except MetasymError as err:
+            print(f"metasym-train: error: {err}", file=sys.stderr)
+            sys.exit(2)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        metrics = run({str(k): v for k, v in settings.items()}, run_dir)
         print(format_table(metrics))
         print(f"run folder: {run_dir}")
 

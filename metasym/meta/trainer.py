@@ -162,6 +162,7 @@ class MetaLearner:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step_count = 0
         self.history: list[dict[str, float]] = []
+        self.metadata: dict[str, Any] = {}  # saved with checkpoints (the run's task and model)
         self._test_batch: TaskBatch | None = None
 
     # -- the two loops ----------------------------------------------------------------------
@@ -215,13 +216,32 @@ class MetaLearner:
         Args:
             steps: total number of outer steps to reach (a resumed learner continues from its step).
             callback: called as ``callback(step, loss)`` after each step (progress bars, loggers).
-            checkpoint: where to write checkpoints (every ``checkpoint_every`` steps and at the end).
+            checkpoint: where to write checkpoints: every ``checkpoint_every`` steps, at the end,
+                and on ``KeyboardInterrupt`` (Ctrl-C) before it propagates.
 
         Returns:
             The history: one record per step with ``step`` and ``train_loss`` (and ``test_mse``
             where evaluated).
         """
         total = self.config.outer_steps if steps is None else steps
+        try:
+            self._fit(total, callback, checkpoint)
+        except KeyboardInterrupt:
+            # keep what was learned: a resumed run continues from here
+            if checkpoint is not None:
+                self.save(checkpoint)
+                log.warning(
+                    "interrupted at step %d; checkpoint written to %s", self.step_count, checkpoint
+                )
+            raise
+        return self.history
+
+    def _fit(
+        self,
+        total: int,
+        callback: Callable[[int, float], None] | None,
+        checkpoint: str | os.PathLike[str] | None,
+    ) -> None:
         cfg = self.config
         saved_at = -1
         while self.step_count < total:
@@ -241,7 +261,6 @@ class MetaLearner:
                 saved_at = self.step_count
         if checkpoint is not None and saved_at != self.step_count:
             self.save(checkpoint)
-        return self.history
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -331,6 +350,7 @@ class MetaLearner:
             "generator": self.generator.get_state(),
             "history": self.history,
             "config": asdict(self.config),
+            "metadata": self.metadata,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
