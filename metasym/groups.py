@@ -63,6 +63,9 @@ PermArray = Sequence[int] | np.ndarray
 # Orbit computations on more index tuples than this would not fit comfortably in memory.
 _MAX_TUPLES = 50_000_000
 
+# Two orbits whose actions have more elements together than this are not tested for a link.
+_MAX_PAIR_ORDER = 1_000_000
+
 # Groups up to this order may be listed element by element when naming them.
 _MAX_LISTED = 5000
 
@@ -366,6 +369,43 @@ def restrict(g: PermutationGroup, points: Sequence[int] | np.ndarray) -> Permuta
     return _group(gens, int(pts.size))
 
 
+def _action_order(h: PermutationGroup) -> int:
+    """The order of ``h``, with a shortcut for the full symmetric and alternating groups.
+
+    By Jordan's theorem a primitive group on ``m`` points that contains a transposition is ``S_m``
+    and one that contains a 3-cycle contains ``A_m``; ``sympy``'s Schreier-Sims would take minutes
+    on ``S_m`` for ``m`` in the hundreds.
+    """
+    m = h.degree
+    if m >= 5 and h.is_transitive():
+        gens = generator_arrays(h)
+        moved = [int((p != np.arange(m)).sum()) for p in gens]
+        has_transposition = any(k == 2 for k in moved)
+        has_3_cycle = any(k == 3 and _perm_order(p) == 3 for k, p in zip(moved, gens, strict=True))
+        if (has_transposition or has_3_cycle) and h.is_primitive():
+            odd = any(Permutation(p.tolist()).is_odd for p in gens)
+            return math.factorial(m) if odd else math.factorial(m) // 2
+    return order(h)
+
+
+def _invariant_factors(prime_powers: Sequence[int]) -> list[int]:
+    """Turn the prime-power orders of an abelian group's cyclic factors into invariant factors.
+
+    ``[2, 3]`` becomes ``[6]`` (``C_2 x C_3 = C_6``); factors are returned ascending, each dividing
+    the next.
+    """
+    by_prime: dict[int, list[int]] = {}
+    for q in prime_powers:
+        p = next(d for d in range(2, q + 1) if q % d == 0)
+        by_prime.setdefault(p, []).append(q)
+    length = max((len(v) for v in by_prime.values()), default=0)
+    factors = [1] * length
+    for powers in by_prime.values():
+        for k, q in enumerate(sorted(powers, reverse=True)):
+            factors[k] *= q
+    return sorted(factors)
+
+
 def _orbits(g: PermutationGroup) -> list[np.ndarray]:
     return [np.array(sorted(o), dtype=np.int64) for o in g.orbits()]
 
@@ -374,16 +414,18 @@ def _name_transitive_or_small(g: PermutationGroup, size: int) -> str | None:
     """Name ``g`` if it is trivial, cyclic, abelian, symmetric, alternating or dihedral."""
     if size == 1:
         return "trivial"
-    if g.is_cyclic:
-        return f"C_{size}"
+    # sympy's is_cyclic computes the order first, which is slow for huge non-abelian groups.
     if g.is_abelian:
-        return " x ".join(f"C_{m}" for m in sorted(g.abelian_invariants()))
+        invariants = _invariant_factors(g.abelian_invariants())
+        if len(invariants) <= 1:
+            return f"C_{size}"
+        return " x ".join(f"C_{m}" for m in invariants)
     # S_m or A_m: look for an orbit of size m on which g acts faithfully.
     for orb in _orbits(g):
         m = int(orb.size)
         if m < 3 or size not in (math.factorial(m), math.factorial(m) // 2):
             continue
-        if order(restrict(g, orb)) == size:
+        if _action_order(restrict(g, orb)) == size:
             return f"S_{m}" if size == math.factorial(m) else f"A_{m}"
     if size >= 6 and size % 2 == 0 and size <= _MAX_LISTED and _is_dihedral(g, size // 2):
         return f"D_{size // 2}"
@@ -451,7 +493,7 @@ def _is_dihedral(g: PermutationGroup, m: int) -> bool:
     return False
 
 
-def group_name(g: PermutationGroup) -> str:
+def group_name(g: PermutationGroup, size: int | None = None) -> str:
     """A readable name of the abstract group ``g``.
 
     Recognises the trivial group, ``C_n``, abelian groups (as products of cyclic factors), ``S_m``
@@ -459,8 +501,13 @@ def group_name(g: PermutationGroup) -> str:
     products whose factors are the actions on disjoint unions of orbits. Anything else is named
     ``"group of order N"``. Layer groups are named by the group, not the action, so the diagonal
     action of ``C_16`` is ``"C_16"``.
+
+    Args:
+        g: the group.
+        size: its order when already known (for example counted by a graph automorphism tool);
+            computing it with ``sympy`` is slow for huge groups such as ``S_256 x S_64``.
     """
-    size = order(g)
+    size = order(g) if size is None else int(size)
     name = _name_transitive_or_small(g, size)
     if name is not None:
         return name
@@ -468,7 +515,7 @@ def group_name(g: PermutationGroup) -> str:
     # Split the orbits into blocks whose actions are independent and see whether g is their product.
     orbs = [o for o in _orbits(g) if o.size > 1]
     if 1 < len(orbs) <= _MAX_NAMED_ORBITS:
-        sizes = [order(restrict(g, o)) for o in orbs]
+        sizes = [_action_order(restrict(g, o)) for o in orbs]
         parent = list(range(len(orbs)))
 
         def find(a: int) -> int:
@@ -478,6 +525,9 @@ def group_name(g: PermutationGroup) -> str:
             return a
 
         for a, b in combinations(range(len(orbs)), 2):
+            # Huge pairs are assumed independent; the product check below catches a wrong guess.
+            if sizes[a] * sizes[b] > _MAX_PAIR_ORDER:
+                continue
             both = order(restrict(g, np.concatenate([orbs[a], orbs[b]])))
             if both < sizes[a] * sizes[b]:
                 parent[find(a)] = find(b)
@@ -488,7 +538,10 @@ def group_name(g: PermutationGroup) -> str:
             factors = [
                 restrict(g, np.concatenate([orbs[a] for a in blk])) for blk in blocks.values()
             ]
-            factor_sizes = [order(f) for f in factors]
+            factor_sizes = [
+                sizes[blk[0]] if len(blk) == 1 else order(f)
+                for blk, f in zip(blocks.values(), factors, strict=True)
+            ]
             if math.prod(factor_sizes) == size:
                 names = [
                     _name_transitive_or_small(f, s) or f"group of order {s}"

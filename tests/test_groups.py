@@ -56,6 +56,8 @@ def _brute_pair_orbit_count(g, n_out: int, n_in: int) -> int:
         (G.grid_rotations(5), 4, "C_4"),
         (G.grid_dihedral(4), 8, "D_4"),
         (G.grid_flips(3, 4), 4, "C_2 x C_2"),
+        (G.from_generators([[1, 0, 3, 4, 2]], 5), 6, "C_6"),
+        (G.direct_product(G.cyclic(4), G.cyclic(6)), 24, "C_2 x C_12"),
         (G.torus_p4(4), 64, "group of order 64"),
         (G.direct_product(G.symmetric(4), G.dihedral(5)), 240, "S_4 x D_5"),
         (G.diagonal_action(G.cyclic(16)), 16, "C_16"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -86,6 +87,10 @@ def test_all_tied_gives_product_of_symmetric_groups() -> None:
     found = sharing_group(torch.zeros(3, 4, dtype=torch.long))
     assert G.order(found) == 6 * 24
     assert G.group_name(found) == "S_3 x S_4"
+    # Too big for sympy's order: describe_sharing counts with BLISS and names via Jordan's theorem.
+    info = describe_sharing(torch.full((30, 20), -1))
+    assert info["order"] == math.factorial(30) * math.factorial(20)
+    assert info["name"] == "S_30 x S_20"
 
 
 def test_lifting_p4_pattern_recovers_p4() -> None:

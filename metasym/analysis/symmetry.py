@@ -50,6 +50,27 @@ def _check_labels(labels: torch.Tensor | np.ndarray) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _coloured_graph(arr: np.ndarray) -> tuple[igraph.Graph, list[int]]:
+    """The vertex-coloured graph whose automorphisms are the symmetries of a tie partition."""
+    n_out, n_in = arr.shape
+    units = n_out + n_in
+
+    # Colours: 0 outputs, 1 inputs, 2 + class rank for positions.
+    _, cls = np.unique(arr.reshape(-1), return_inverse=True)
+    colors = np.concatenate([np.zeros(n_out), np.ones(n_in), 2 + cls.reshape(-1)]).astype(int)
+    pos = units + np.arange(n_out * n_in)
+    o, i = np.divmod(np.arange(n_out * n_in), n_in)
+    edges = np.concatenate([np.stack([o, pos], 1), np.stack([n_out + i, pos], 1)])
+    graph = igraph.Graph(n=units + n_out * n_in, edges=edges.tolist(), directed=False)
+    return graph, colors.tolist()
+
+
+def _count_automorphisms(arr: np.ndarray) -> int:
+    """The order of the symmetry group of a tie partition, counted by BLISS."""
+    graph, colors = _coloured_graph(arr)
+    return int(graph.count_automorphisms(sh="fl", color=colors))
+
+
 def sharing_group(labels: torch.Tensor | np.ndarray) -> PermutationGroup:
     """The layer group of all ``(s_out, s_in)`` that preserve a tie partition.
 
@@ -64,23 +85,18 @@ def sharing_group(labels: torch.Tensor | np.ndarray) -> PermutationGroup:
         labels: class of every weight position, ``-1`` for zero weights.
 
     Returns:
-        A group of degree ``o + i``; points ``0 .. o-1`` are outputs.
+        A group of degree ``o + i``; points ``0 .. o-1`` are outputs. For huge groups (a pattern
+        with large blocks of tied weights gives products of big symmetric groups) prefer
+        ``describe_sharing``, which counts the order with BLISS: ``sympy``'s ``order()`` and
+        membership tests run Schreier-Sims and can take minutes there.
 
     Shape:
         labels: ``(o, i)``.
     """
     arr = _check_labels(labels)
-    n_out, n_in = arr.shape
-    units = n_out + n_in
-
-    # Colours: 0 outputs, 1 inputs, 2 + class rank for positions.
-    _, cls = np.unique(arr.reshape(-1), return_inverse=True)
-    colors = np.concatenate([np.zeros(n_out), np.ones(n_in), 2 + cls.reshape(-1)]).astype(int)
-    pos = units + np.arange(n_out * n_in)
-    o, i = np.divmod(np.arange(n_out * n_in), n_in)
-    edges = np.concatenate([np.stack([o, pos], 1), np.stack([n_out + i, pos], 1)])
-    graph = igraph.Graph(n=units + n_out * n_in, edges=edges.tolist(), directed=False)
-    gens = graph.automorphism_group(sh="fl", color=colors.tolist())
+    units = sum(arr.shape)
+    graph, colors = _coloured_graph(arr)
+    gens = graph.automorphism_group(sh="fl", color=colors)
     return groups.from_generators([np.asarray(p)[:units] for p in gens], units)
 
 
@@ -169,8 +185,8 @@ def describe_sharing(labels: torch.Tensor | np.ndarray) -> dict[str, Any]:
     arr = _check_labels(labels)
     n_out, n_in = arr.shape
     group = sharing_group(arr)
-    size = groups.order(group)
-    name = groups.group_name(group)
+    size = _count_automorphisms(arr)
+    name = groups.group_name(group, size=size)
     offsets = banded_toeplitz_offsets(arr)
 
     if size > 1:
