@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from metasym.errors import MetasymError
+from metasym.fewshot import build_maml_conv, build_msr_conv
 from metasym.layers import Conv, Dense, LocallyConnected1d, SharedLinear
 from tasks.base import TaskFamily
 
@@ -57,6 +58,8 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {
     "dense": _dense,
     "conv": _conv,
     "lc": _lc,
+    "fewshot_maml_conv": build_maml_conv,
+    "fewshot_msr_conv": build_msr_conv,
 }
 
 MODELS = ("msr_fc", "dense", "conv", "lc")

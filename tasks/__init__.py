@@ -8,6 +8,7 @@ from metasym.errors import MetasymError
 from tasks.base import LinearTaskFamily, TaskBatch, TaskFamily
 from tasks.conv1d import Conv1dTasks
 from tasks.digits import DigitsP4Tasks
+from tasks.fewshot_digits import AugDigitsTasks
 from tasks.locally_connected import LocallyConnected1dTasks
 
 __all__ = [
@@ -25,6 +26,7 @@ FAMILIES: dict[str, type[TaskFamily]] = {
     "conv1d": Conv1dTasks,
     "locally_connected1d": LocallyConnected1dTasks,
     "digits_p4": DigitsP4Tasks,
+    "aug_digits": AugDigitsTasks,
 }
 
 
