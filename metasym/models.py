@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from metasym import gconv
 from metasym.errors import MetasymError
 from metasym.fewshot import build_maml_conv, build_msr_conv
 from metasym.layers import Conv, Dense, LocallyConnected1d, SharedLinear
@@ -58,6 +59,9 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {
     "dense": _dense,
     "conv": _conv,
     "lc": _lc,
+    "msr_conv": gconv.build_msr_conv,
+    "gconv": gconv.build_gconv,
+    "conv2d": gconv.build_conv2d,
     "fewshot_maml_conv": build_maml_conv,
     "fewshot_msr_conv": build_msr_conv,
 }

@@ -10,6 +10,7 @@ from tasks.conv1d import Conv1dTasks
 from tasks.digits import DigitsP4Tasks
 from tasks.fewshot_digits import AugDigitsTasks
 from tasks.locally_connected import LocallyConnected1dTasks
+from tasks.rotations2d import RotationTasks
 
 __all__ = [
     "FAMILIES",
@@ -26,6 +27,7 @@ FAMILIES: dict[str, type[TaskFamily]] = {
     "conv1d": Conv1dTasks,
     "locally_connected1d": LocallyConnected1dTasks,
     "digits_p4": DigitsP4Tasks,
+    "rotations2d": RotationTasks,
     "aug_digits": AugDigitsTasks,
 }
 
