@@ -36,6 +36,7 @@ __all__ = [
     "ZeroPadSharedConv2d",
     "build_maml_conv",
     "build_msr_conv",
+    "invariance_error",
 ]
 
 LAYERS = 3
@@ -219,3 +220,33 @@ def build_maml_conv(family: Any, channels: int = 16) -> nn.Module:
 def build_msr_conv(family: Any, channels: int = 16, group_order: int = 8) -> nn.Module:
     """``SharedConvClassifier`` for a few-shot family's image shape and ``n_way``."""
     return SharedConvClassifier(tuple(family.in_shape), _n_way(family), channels, group_order)
+
+
+def invariance_error(model: nn.Module, x: torch.Tensor, perms: torch.Tensor) -> float:
+    """Relative change of a classifier's features when its inputs are permuted.
+
+    ``mean_g ||f(g x) - f(x)|| / mean ||f(x)||`` over the images ``x`` and the permutations
+    ``g`` (rows of ``perms``, gathers of the flat input, e.g.
+    ``tasks.fewshot_digits.d4_pixel_permutations()``). Zero for features invariant to the group.
+
+    Args:
+        model: a network with a ``features`` method (``ConvClassifier``, ``SharedConvClassifier``).
+        x: flat images.
+        perms: index maps of the group's elements.
+
+    Shape:
+        x: ``(n, i)``; perms: ``(g, i)``.
+    """
+    if x.ndim != 2 or perms.ndim != 2 or perms.shape[1] != x.shape[1]:
+        raise MetasymError(
+            f"invariance_error needs x of shape (n, i) and perms of shape (g, i); got "
+            f"{tuple(x.shape)} and {tuple(perms.shape)}"
+        )
+    features = getattr(model, "features", None)
+    if not callable(features):
+        raise MetasymError(f"{type(model).__name__} has no features method")
+    with torch.no_grad():
+        base = features(x)  # (n, c)
+        moved = torch.stack([features(x[:, p]) for p in perms])  # (g, n, c)
+        change = (moved - base).norm(dim=-1).mean()
+        return float(change / base.norm(dim=-1).mean().clamp_min(1e-12))
