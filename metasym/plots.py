@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 __all__ = ["plot_curve", "plot_sharing"]
@@ -93,6 +94,86 @@ def plot_curve(
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _label_image(labels: torch.Tensor) -> np.ndarray:
+    """Class labels as a float image with unconnected positions (``-1``) as NaN (drawn white)."""
+    img = labels.double().numpy().copy()
+    img[img < 0] = np.nan
+    return img
+
+
+def plot_partition(
+    labels: torch.Tensor, true: torch.Tensor | None, path: str | Path, title: str = "tie partition"
+) -> Path:
+    """The recovered tie partition beside the true one: one colour per class, white = unconnected.
+
+    Shape:
+        labels, true: ``(o, i)``.
+    """
+    panels = [("recovered from U", labels)] + ([("true", true)] if true is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.6), squeeze=False)
+    cmap = plt.get_cmap("tab20").with_extremes(bad="white")
+    for ax, (name, lab) in zip(axes[0], panels, strict=True):
+        n_classes = int(lab.max()) + 1
+        ax.imshow(_label_image(lab), cmap=cmap, aspect="auto", interpolation="nearest")
+        ax.set_title(f"{name}: {n_classes} classes, {int((lab < 0).sum())} unconnected", fontsize=9)
+        ax.set_xlabel("input unit i")
+        ax.set_ylabel("output unit o")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_group(group_json: dict, family: object, path: str | Path, max_cayley: int = 48) -> Path:
+    """The recovered group: its Cayley table when small, else its orbits on the input units.
+
+    Args:
+        group_json: the ``group`` entry of ``symmetry.json`` (generators on ``o + i`` points).
+        family: the task family (its ``in_shape`` shapes the orbit picture of image inputs).
+        path: where to write the PNG.
+        max_cayley: largest order drawn as a Cayley table.
+    """
+    from metasym import groups
+    from metasym.analysis.report import group_from_json
+
+    n_out, n_in = group_json["n_out"], group_json["n_in"]
+    group = group_from_json(group_json["generators"], n_out + n_in)
+    order = group_json["order"]
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    if 1 < order <= max_cayley:
+        elements = list(group.generate())
+        index = {tuple(e.array_form): j for j, e in enumerate(elements)}
+        table = np.array([[index[tuple((a * b).array_form)] for b in elements] for a in elements])
+        ax.imshow(table, cmap="tab20" if order <= 20 else "viridis", interpolation="nearest")
+        ax.set_title(f"Cayley table of {group_json['name']} (order {order})")
+        ax.set_xlabel("element b")
+        ax.set_ylabel("element a (cell: a*b)")
+    else:
+        _, on_inputs = groups.split_action(group, n_out)
+        orbit = np.full(n_in, -1.0)
+        for k, orb in enumerate(on_inputs.orbits()):
+            orbit[list(orb)] = k
+        shape = tuple(getattr(family, "in_shape", (n_in,)))
+        side = int(round(n_in**0.5))
+        img = (
+            orbit.reshape(shape[-2:])
+            if len(shape) >= 2
+            else (orbit.reshape(side, side) if side * side == n_in else orbit[None, :])
+        )
+        ax.imshow(img, cmap="tab20", interpolation="nearest", aspect="auto")
+        label = group_json["name"] if order > 1 else "trivial group"
+        ax.set_title(f"orbits of {label} (order {order}) on the inputs", fontsize=10)
+        ax.set_xlabel("input column" if img.shape[0] > 1 else "input unit i")
+        ax.set_ylabel("input row" if img.shape[0] > 1 else "")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -93,7 +93,7 @@ def run(
 
     Args:
         settings: the resolved configuration (``task``, ``model``, ``meta``, ``logger``,
-            ``baselines``, ``device``, ``threads``), as plain containers.
+            ``baselines``, ``analyze``, ``device``, ``threads``), as plain containers.
         run_dir: the run folder to write into. A folder that already holds a run is refused
             unless ``resume`` is set.
         progress: show progress bars.
@@ -187,6 +187,33 @@ def run(
         )
         metrics["band_energy"] = _partition_energy(layer, family)
         logger.log_image("sharing", run_dir / "sharing.png")
+    if settings.get("analyze", True) and isinstance(main_learner.model, SharedLinear):
+        from metasym.discovered import analyze_run
+
+        summary = analyze_run(run_dir)
+        group = summary["group"]
+        metrics["symmetry"] = {
+            "summary": group["summary"],
+            "order": group["order"],
+            "name": group["name"],
+            **{
+                k: summary["truth"][k]
+                for k in ("relation", "partition_distance")
+                if k in summary["truth"]
+            },
+        }
+        logger.log_table(
+            "discovered_group",
+            ["name", "order", "relation_to_truth", "generators"],
+            [
+                [
+                    group["name"],
+                    group["order"],
+                    summary["truth"].get("relation"),
+                    json.dumps(group["generators"]),
+                ]
+            ],
+        )
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.log_table(
         "methods",
@@ -274,6 +301,12 @@ def _hydra_main() -> None:
             sys.exit(2)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         print(format_table(metrics))
+        if (run_dir / "symmetry.json").is_file():
+            from metasym.analyze import format_report
+
+            symmetry = json.loads((run_dir / "symmetry.json").read_text())
+            symmetry["partition"].pop("labels", None)
+            print(format_report(symmetry))
         print(f"run folder: {run_dir}")
 
     _main()

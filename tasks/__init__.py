@@ -10,6 +10,7 @@ from tasks.conv1d import Conv1dTasks
 from tasks.digits import DigitsP4Tasks
 from tasks.fewshot_digits import AugDigitsTasks
 from tasks.locally_connected import LocallyConnected1dTasks
+from tasks.permutation import PermutationTasks
 from tasks.rotations2d import RotationTasks
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "DigitsP4Tasks",
     "LinearTaskFamily",
     "LocallyConnected1dTasks",
+    "PermutationTasks",
     "TaskBatch",
     "TaskFamily",
     "make_family",
@@ -27,6 +29,7 @@ FAMILIES: dict[str, type[TaskFamily]] = {
     "conv1d": Conv1dTasks,
     "locally_connected1d": LocallyConnected1dTasks,
     "digits_p4": DigitsP4Tasks,
+    "permutation": PermutationTasks,
     "rotations2d": RotationTasks,
     "aug_digits": AugDigitsTasks,
 }

@@ -34,6 +34,9 @@ DEFAULT_ZERO_FRACTION = 0.05
 DEFAULT_TIE_FRACTION = 0.15
 """Rows closer than this fraction of ``row_scale(U)`` to a cluster centre join that cluster."""
 
+GAP_RATIO = 4.0
+"""A jump of at least this factor between consecutive sorted row lengths separates zero rows."""
+
 # Contingency tables up to this many cells are matched densely; larger ones sparsely.
 _DENSE_CELLS = 4_000_000
 
@@ -67,6 +70,25 @@ def row_scale(U: torch.Tensor) -> float:
     if top == 0.0:
         return 0.0
     return float(np.median(norms[norms >= 0.1 * top]))
+
+
+def _gap_zero_tol(norms: np.ndarray, scale: float) -> float | None:
+    """A zero threshold at the widest jump in the sorted row lengths, if there is a clear one.
+
+    Learned sharing matrices keep a noise floor in rows that should be zero (an outer optimiser
+    such as Adam keeps moving them), so a fixed fraction of the scale can miss a few of them.
+    When the sorted lengths jump by at least ``GAP_RATIO`` somewhere below ``0.5 * scale``, the
+    threshold is the geometric mean of the two lengths around the widest such jump.
+    """
+    sorted_norms = np.sort(norms)
+    tiny = np.finfo(np.float64).tiny
+    lower, upper = np.maximum(sorted_norms[:-1], tiny), sorted_norms[1:]
+    with np.errstate(over="ignore", divide="ignore"):
+        ratios = np.where(lower < 0.5 * scale, upper / lower, 0.0)
+    if ratios.size == 0 or ratios.max() < GAP_RATIO:
+        return None
+    j = int(np.argmax(ratios))
+    return float(np.sqrt(lower[j] * upper[j]))
 
 
 def _relabel_first_appearance(labels: np.ndarray) -> np.ndarray:
@@ -135,8 +157,10 @@ def tie_partition(
 ) -> torch.Tensor:
     """Cluster the rows of a sharing matrix into tied weight positions.
 
-    Rule: let ``s = row_scale(U)``. A row shorter than ``zero_tol`` (default
-    ``DEFAULT_ZERO_FRACTION * s``) is a zero weight and gets label ``-1``. The other rows are
+    Rule: let ``s = row_scale(U)``. A row shorter than ``zero_tol`` is a zero weight and gets label
+    ``-1``; by default ``zero_tol`` sits in the widest jump (at least ``GAP_RATIO``-fold) of the
+    sorted row lengths below ``s / 2``, or is ``DEFAULT_ZERO_FRACTION * s`` when there is no such
+    jump (learned zero rows keep a noise floor that a fixed fraction can miss). The other rows are
     clustered with distance cut ``tie_tol`` (default ``DEFAULT_TIE_FRACTION * s``): a row joins a
     cluster when it lies within ``tie_tol`` of the cluster's centre. Both defaults scale with
     ``U``, so ``c * U`` gives the same partition for any ``c != 0``. Classes are numbered
@@ -176,11 +200,20 @@ def tie_partition(
 
     # Thresholds relative to the typical row length.
     scale = row_scale(U)
-    z_tol = DEFAULT_ZERO_FRACTION * scale if zero_tol is None else float(zero_tol)
+    norms = np.linalg.norm(rows, axis=1)
+    if zero_tol is None:
+        gap = _gap_zero_tol(norms, scale) if scale > 0 else None
+        z_tol = (
+            DEFAULT_ZERO_FRACTION * scale
+            if gap is None
+            else max(gap, DEFAULT_ZERO_FRACTION * scale)
+        )
+    else:
+        z_tol = float(zero_tol)
     t_tol = DEFAULT_TIE_FRACTION * scale if tie_tol is None else float(tie_tol)
 
     labels = np.full(n_rows, -1, dtype=np.int64)
-    nonzero = np.linalg.norm(rows, axis=1) >= max(z_tol, np.finfo(np.float64).tiny)
+    nonzero = norms >= max(z_tol, np.finfo(np.float64).tiny)
     if nonzero.any():
         if t_tol > 0:
             labels[nonzero] = _cluster(rows[nonzero], t_tol)

@@ -31,6 +31,7 @@ __all__ = ["CHECKPOINT_FORMAT", "EvalResult", "MetaConfig", "MetaLearner", "load
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "metasym-checkpoint-v1"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -41,6 +42,8 @@ class MetaConfig:
         outer_steps: number of outer (meta) steps.
         tasks_per_step: tasks per outer step.
         outer_lr: Adam learning rate of the outer loop.
+        lr_schedule: ``"constant"``, or ``"cosine"`` (decay to zero over ``outer_steps``; it lets
+            the rows of ``U`` settle, so the learned ties are cleaner).
         inner_steps: SGD steps of the inner loop.
         inner_lr: initial value of each learned inner learning rate.
         learn_inner_lr: meta-learn the inner learning rates.
@@ -61,6 +64,7 @@ class MetaConfig:
     outer_steps: int = 1000
     tasks_per_step: int = 32
     outer_lr: float = 1e-3
+    lr_schedule: str = "constant"
     inner_steps: int = 1
     inner_lr: float = 0.1
     learn_inner_lr: bool = True
@@ -96,6 +100,10 @@ class MetaConfig:
             raise MetasymError(f"outer_lr must be a positive finite number; got {self.outer_lr!r}")
         if not math.isfinite(self.inner_lr):
             raise MetasymError(f"inner_lr must be finite; got {self.inner_lr!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise MetasymError(
+                f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}"
+            )
         if self.loss not in LOSSES:
             raise MetasymError(f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSSES)}")
         if self.inner not in SOLVERS:
@@ -201,6 +209,10 @@ class MetaLearner:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.lr_schedule == "cosine":
+            progress = min(self.step_count / cfg.outer_steps, 1.0)
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.outer_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
         self.optimizer.step()
         self.step_count += 1
         return float(loss.detach())
