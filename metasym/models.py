@@ -67,7 +67,8 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {
 }
 
 MODELS = ("msr_fc", "dense", "conv", "lc")
-"""The single-layer models the regression families share (``baselines=all`` runs them): ``msr_fc``, ``dense``, ``conv``,
+"""The single-layer models of the 1D regression families (each family lists its own in
+``TaskFamily.models``, which ``baselines=all`` runs): ``msr_fc``, ``dense``, ``conv``,
 ``lc``."""
 
 

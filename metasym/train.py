@@ -24,7 +24,7 @@ from metasym.errors import MetasymError
 from metasym.layers import SharedLinear
 from metasym.loggers import make_logger
 from metasym.meta import MetaConfig, MetaLearner, load_checkpoint
-from metasym.models import MODEL_BUILDERS, MODELS, build_model
+from metasym.models import MODEL_BUILDERS, build_model
 from metasym.plots import plot_curve, plot_sharing
 from tasks import make_family
 from tasks.base import TaskFamily
@@ -39,10 +39,7 @@ def _baseline_names(spec: Any, family: TaskFamily, main_model: str) -> list[str]
     if spec in (None, "none", "", []):
         return []
     if spec == "all":
-        names = [m for m in MODELS if m != main_model]
-        if len(family.in_shape) != 1 or family.conv_padding is not None:
-            names = [m for m in names if m != "lc"]  # lc is a 1D layer without wrap-around
-        return names
+        return [m for m in family.models if m != main_model]
     if isinstance(spec, str):
         spec = [spec]
     if not isinstance(spec, Sequence):

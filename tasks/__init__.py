@@ -15,11 +15,13 @@ from tasks.rotations2d import RotationTasks
 
 __all__ = [
     "FAMILIES",
+    "AugDigitsTasks",
     "Conv1dTasks",
     "DigitsP4Tasks",
     "LinearTaskFamily",
     "LocallyConnected1dTasks",
     "PermutationTasks",
+    "RotationTasks",
     "TaskBatch",
     "TaskFamily",
     "make_family",

@@ -106,6 +106,7 @@ class TaskFamily(ABC):
     kernel_size: int | tuple[int, ...] | None = None  # for the conv baseline, where one applies
     conv_padding: tuple[int, ...] | None = None  # circular F.pad widths for the conv baseline
     filter_size: int = 1  # free parameters of one task's filter: MSR's natural latent size k
+    models: tuple[str, ...] = ("msr_fc", "dense", "conv", "lc")  # models that fit (baselines=all)
 
     @property
     def in_features(self) -> int:

@@ -43,6 +43,8 @@ class Conv1dTasks(LinearTaskFamily):
         self.name = "conv1d_circular" if circular else "conv1d"
         # conv baseline: pad on the right so that output o reads inputs o .. o+k-1 (mod n)
         self.conv_padding = (0, kernel_size - 1) if circular else None
+        if circular:
+            self.models = ("msr_fc", "dense", "conv")  # lc has no wrap-around
         self._partition = self._build_partition()
 
     def _build_partition(self) -> torch.Tensor:

@@ -69,6 +69,7 @@ class DigitsP4Tasks(LinearTaskFamily):
         self.out_shape = (ROTATIONS, SIDE, SIDE)
         self.kernel_size = 3
         self.filter_size = 9
+        self.models = ("msr_fc", "dense", "conv")
         self.conv_padding = (1, 1, 1, 1)
         images = torch.from_numpy(load_digit_images())
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))

@@ -70,6 +70,7 @@ class PermutationTasks(LinearTaskFamily):
         self._layer_group = groups.diagonal_action(self.group)
         self._partition = groups.pair_orbits(self._layer_group, n, n)  # (o, i)
         self.filter_size = int(self._partition.max()) + 1
+        self.models = ("msr_fc", "dense")
 
     def _weights(self, b: int, generator: torch.Generator) -> torch.Tensor:
         v = torch.randn(b, self.filter_size, generator=generator) / self.in_features**0.5

@@ -87,6 +87,7 @@ class RotationTasks(TaskFamily):
                 f"test_fraction must lie strictly between 0 and 1; got {test_fraction}"
             )
         self.name = "rotations2d"
+        self.models = ("msr_conv", "gconv", "conv2d", "dense")
         self.point_group = group
         self.group_order = POINT_GROUPS[group]
         self.inputs = inputs
