@@ -215,7 +215,7 @@ def run(
     logger.log_table(
         "methods",
         ["method", "mse", "ci95"],
-        [[m, r["mse"], r["ci95"]] for m, r in metrics["methods"].items()],
+        [[m, r.get("mse", r.get("loss")), r["ci95"]] for m, r in metrics["methods"].items()],
     )
     logger.finish()
     return metrics

@@ -79,3 +79,19 @@ def test_hydra_entry_point_runs_with_overrides(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["outer_steps"] == 5 and set(metrics["methods"]) == {"msr_fc", "conv"}
     assert "outer_steps: 5" in (out / "config.yaml").read_text()
+
+
+def test_classification_runs_report_accuracy(tmp_path):
+    settings = {
+        "task": {"name": "aug_digits", "n_way": 3, "k_shot": 1, "n_query_per_class": 2},
+        "model": {"name": "fewshot_maml_conv"},
+        "meta": {"outer_steps": 3, "tasks_per_step": 2, "eval_tasks": 6, "loss": "cross_entropy",
+                 "n_support": 3, "n_query": 6},
+        "logger": {"name": "none"},
+        "baselines": "all",
+    }
+    metrics = run(settings, tmp_path, progress=False)
+    assert set(metrics["methods"]) == {"fewshot_maml_conv", "fewshot_msr_conv"}
+    for result in metrics["methods"].values():
+        assert 0.0 <= result["accuracy"] <= 1.0 and result["loss"] > 0
+    assert "accuracy" in format_table(metrics)
