@@ -244,7 +244,7 @@ def plot_summaries(summaries: Sequence[CellSummary], path: str | Path) -> Path:
     width = 0.8 / len(steps)
     for ax, task in zip(axes[0], tasks, strict=True):
         rows = [s for s in summaries if s.cell[0] == task]
-        labels = sorted({_label(s.cell[1], s.cell[2]) for s in rows})
+        labels = list(dict.fromkeys(_label(s.cell[1], s.cell[2]) for s in rows))  # cell order
         for j, n_steps in enumerate(steps):
             xs, heights, errors = [], [], []
             for s in rows:
