@@ -100,7 +100,9 @@ class SharedLinear(nn.Module):
 
     def weight(self) -> torch.Tensor:
         """The weight ``reshape(U v)``. Shape: ``(o, i)``."""
-        return (self.U @ self.v).view(self.out_features, self.in_features)
+        # v U^T rather than U v: under vmap over tasks the result is then laid out task-major,
+        # which saves a transposed copy of b * o * i entries per step
+        return (self.v @ self.U.T).view(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:

@@ -36,6 +36,7 @@ __all__ = [
     "LossFn",
     "Params",
     "adapt",
+    "inner_solver",
     "query_outputs",
     "task_losses",
 ]
@@ -108,7 +109,7 @@ def adapt(
     return fast
 
 
-def _adapter(
+def inner_solver(
     model: nn.Module,
     fast: Params,
     meta: Params,
@@ -139,7 +140,7 @@ def _func_losses(
     loss_fn: LossFn,
     solver: str = "sgd",
 ) -> torch.Tensor:
-    solve = _adapter(model, fast, meta, lrs, steps, first_order, loss_fn, solver)
+    solve = inner_solver(model, fast, meta, lrs, steps, first_order, loss_fn, solver)
 
     def one_task(
         sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
@@ -164,7 +165,7 @@ def query_outputs(
     Shape:
         returns ``(b, n_q, o)`` (``o`` = number of classes for classification).
     """
-    solve = _adapter(model, fast, meta, lrs, steps, True, LOSSES[loss], solver)
+    solve = inner_solver(model, fast, meta, lrs, steps, True, LOSSES[loss], solver)
 
     def one_task(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
         return functional_call(model, {**meta, **solve(sx, sy)}, (qx,))

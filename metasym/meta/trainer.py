@@ -23,7 +23,14 @@ from torch import nn
 
 from metasym.errors import MetasymError
 from metasym.layers import split_parameters
-from metasym.meta.inner import BACKENDS, LOSSES, SOLVERS, adapt, query_outputs, task_losses
+from metasym.meta.inner import (
+    BACKENDS,
+    LOSSES,
+    SOLVERS,
+    inner_solver,
+    query_outputs,
+    task_losses,
+)
 from tasks.base import TaskBatch, TaskFamily, check_sizes
 
 __all__ = ["CHECKPOINT_FORMAT", "EvalResult", "MetaConfig", "MetaLearner", "load_checkpoint"]
@@ -330,10 +337,12 @@ class MetaLearner:
             x: ``(n, i)``; y: ``(n, o)``.
         """
         fast, meta = split_parameters(self.model)
-        steps = self.config.inner_steps if steps is None else steps
-        adapted = adapt(
-            self.model, fast, meta, self.inner_lrs, x, y, steps, True, LOSSES[self.config.loss]
+        cfg = self.config
+        steps = cfg.inner_steps if steps is None else steps
+        solve = inner_solver(
+            self.model, fast, meta, self.inner_lrs, steps, True, LOSSES[cfg.loss], cfg.inner
         )
+        adapted = solve(x, y)
         clone = copy.deepcopy(self.model)
         with torch.no_grad():
             for name, value in adapted.items():
