@@ -42,7 +42,8 @@ def format_report(summary: dict[str, Any]) -> str:
     )
     if "learned_under_true_group" in eq:
         lines.append(
-            f"  equivariance error under the true group: learned {eq['learned_under_true_group']:.2e}, "
+            "  equivariance error under the true group: "
+            f"learned {eq['learned_under_true_group']:.2e}, "
             f"snapped {eq['snapped_under_true_group']:.2e}"
         )
     uni = summary.get("universality")

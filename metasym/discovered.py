@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
     ckpt = run_dir / "checkpoint.pt"
     if not ckpt.is_file():
         raise MetasymError(
-            f"{str(run_dir)!r} is not a run folder: it holds no checkpoint.pt (run metasym-train first)"
+            f"{str(run_dir)!r} is not a run folder: it holds no checkpoint.pt "
+            "(run metasym-train first)"
         )
     state = load_checkpoint(ckpt)
     if state.get("model_class") != "SharedLinear":
@@ -103,7 +105,7 @@ def analyze_run(
     samples: int = 32,
     universality: bool = True,
 ) -> dict[str, Any]:
-    """Analyse a run's learned sharing and write ``symmetry.json``, ``partition.png``, ``group.png``.
+    """Analyse a run's learned sharing; write ``symmetry.json``, ``partition.png``, ``group.png``.
 
     Args:
         run_dir: a run folder with an msr_fc checkpoint.
@@ -113,7 +115,7 @@ def analyze_run(
         universality: add universality tables for the recovered group's action on the inputs.
 
     Returns:
-        The contents of ``symmetry.json`` (without the full partition labels, which are in the file).
+        The contents of ``symmetry.json`` without the partition labels (they are in the file).
     """
     from metasym.plots import plot_group, plot_partition
 
@@ -151,16 +153,23 @@ def load_layer(run_dir: str | Path, snap: bool = False) -> SharedLinear:
 
     Args:
         run_dir: a run folder with an msr_fc checkpoint.
-        snap: use the exact sharing matrix of the group recovered by ``analyze_run`` (read from
+        snap: use the exact sharing of the group recovered by ``analyze_run`` (read from
             ``symmetry.json``, analysing the run first if it is missing) instead of the learned
-            ``U``. The filter ``v`` starts at the least-squares fit of the learned initial weight.
+            ``U``: one 0/1 column per orbit of the group on weight positions, keeping only the
+            orbits the learned layer connects (so a local filter stays local). The filter ``v``
+            starts at the least-squares fit of the learned initial weight.
 
     Returns:
         A ``SharedLinear`` whose ``U`` is a buffer; only ``v`` (and a tied bias) train.
 
     Example:
         >>> layer = load_layer("outputs/2026-12-04/12-00-00_conv1d_msr_fc")  # doctest: +SKIP
-        >>> model = torch.nn.Sequential(layer, torch.nn.ReLU(), torch.nn.Linear(68, 1))  # doctest: +SKIP
+        >>> head = torch.nn.Linear(layer.out_features, 1)  # doctest: +SKIP
+        >>> model = torch.nn.Sequential(layer, torch.nn.ReLU(), head)  # doctest: +SKIP
+
+    Warns:
+        UserWarning: with ``snap=True``, when the recovered group differs from the task's true
+            group (training has not settled; snapping would impose the wrong symmetry).
     """
     info = read_run(run_dir)
     learned = info.layer
@@ -174,20 +183,36 @@ def load_layer(run_dir: str | Path, snap: bool = False) -> SharedLinear:
         if sym is None:
             analyze_run(info.run_dir, universality=False)
             sym = json.loads(path.read_text())
-        group = group_from_json(sym["group"]["generators"], n_out + n_in)
-        U = groups.sharing_matrix(group, n_out, n_in)
-        if U.shape[1] > n_out * n_in // 2 and sym["group"]["order"] == 1:
+        if not sym["group"]["exact_symmetry"]:
             raise MetasymError(
                 f"run {str(run_dir)!r} has no exact symmetry to snap to; use snap=False"
             )
+        relation = sym.get("truth", {}).get("relation")
+        if relation not in (None, "equal"):
+            warnings.warn(
+                f"the recovered group ({sym['group']['name']}) is a {relation} of the task's true "
+                f"group ({sym['truth']['group_name']}); snapping imposes it anyway. Train longer "
+                "(or with meta.lr_schedule=cosine) for the exact symmetry.",
+                stacklevel=2,
+            )
+        group = group_from_json(sym["group"]["generators"], n_out + n_in)
+        orbits = groups.pair_orbits(group, n_out, n_in).reshape(-1)  # (o*i,)
+        connected = torch.tensor(sym["partition"]["labels"]).reshape(-1) >= 0
+        # the group preserves the partition, so each orbit is wholly connected or wholly not
+        keep = torch.unique(orbits[connected])
+        U = (orbits[:, None] == keep[None, :]).to(torch.get_default_dtype())  # (o*i, k)
         w0 = learned.weight().detach().reshape(-1, 1).to(U.dtype)
         v = torch.linalg.lstsq(U, w0).solution.reshape(-1)
     layer = SharedLinear(n_in, n_out, int(U.shape[1]), bias=learned.bias_U is not None, sharing=U)
     with torch.no_grad():
         layer.v.copy_(v)
-        if learned.bias_U is not None and layer.bias_U is not None and layer.bias_v is not None:
-            layer.bias_U.copy_(learned.bias_U)
-            layer.bias_v.copy_(learned.bias_v)
+        if learned.bias_U is not None and learned.bias_v is not None:
+            assert layer.bias_U is not None and layer.bias_v is not None
+            # the learned initial bias as one frozen direction whose scale v_b[0] trains
+            layer.bias_U.zero_()
+            layer.bias_U[:, 0] = learned.bias_U @ learned.bias_v
+            layer.bias_v.zero_()
+            layer.bias_v[0] = 1.0
     if layer.bias_U is not None:
         layer.bias_U.requires_grad_(False)  # part of the discovered sharing, like U
     return layer

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 SharingTensor = torch.Tensor
-"""A sharing matrix ``U`` of shape ``(o*i, k)``: row ``o*i_features + i`` holds weight ``(o, i)``."""
+"""A sharing matrix ``U`` of shape ``(o*i, k)``; row ``o*in_features + i`` holds weight (o, i)."""
 
 
 def _check_positive(**sizes: int) -> None:
@@ -91,12 +91,11 @@ class SharedLinear(nn.Module):
                 )
             self.register_buffer("U", sharing.detach().clone().float())
         self.v = nn.Parameter(torch.randn(latent) / out_features)
+        self.bias_U: nn.Parameter | None = None
+        self.bias_v: nn.Parameter | None = None
         if bias:
             self.bias_U = nn.Parameter(0.01 * torch.randn(out_features, latent))
             self.bias_v = nn.Parameter(torch.randn(latent) / out_features)
-        else:
-            self.bias_U = None
-            self.bias_v = None
 
     def weight(self) -> torch.Tensor:
         """The weight ``reshape(U v)``. Shape: ``(o, i)``."""
@@ -209,7 +208,8 @@ class Conv(nn.Module):
         dims = len(self.in_shape) - 1
         if dims not in (1, 2) or len(self.out_shape) != len(self.in_shape):
             raise MetasymError(
-                f"conv baseline needs 1D or 2D shapes of equal rank; got in {in_shape}, out {out_shape}"
+                "conv baseline needs 1D or 2D shapes of equal rank; "
+                f"got in {in_shape}, out {out_shape}"
             )
         c_in, c_out = self.in_shape[0], self.out_shape[0]
         fan_in = c_in * kernel_size**dims
@@ -271,11 +271,11 @@ def fast_parameter_names(model: nn.Module) -> list[str]:
     return names
 
 
-def split_parameters(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, nn.Parameter]]:
+def split_parameters(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Split a model's parameters into ``(fast, meta)`` dictionaries keyed by parameter name."""
     fast_names = set(fast_parameter_names(model))
-    fast: dict[str, nn.Parameter] = {}
-    meta: dict[str, nn.Parameter] = {}
+    fast: dict[str, torch.Tensor] = {}
+    meta: dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters():
         (fast if name in fast_names else meta)[name] = p
     return fast, meta

@@ -29,7 +29,7 @@ class NullLogger:
 
 
 class WandbLogger(NullLogger):
-    """Logs to Weights & Biases; ``mode="offline"`` writes a local run that ``wandb sync`` uploads."""
+    """Logs to Weights & Biases; ``mode="offline"`` writes a local run for ``wandb sync``."""
 
     def __init__(
         self,
@@ -48,7 +48,12 @@ class WandbLogger(NullLogger):
 
         self._wandb = wandb
         self.run = wandb.init(
-            project=project, entity=entity, name=name, mode=mode, config=config, dir=str(run_dir)
+            project=project,
+            entity=entity,
+            name=name,
+            mode=mode,  # type: ignore[arg-type]  # checked against WANDB_MODES above
+            config=config,
+            dir=str(run_dir),
         )
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
@@ -58,7 +63,7 @@ class WandbLogger(NullLogger):
         self.run.log({key: self._wandb.Image(str(path))})
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-        self.run.log({key: self._wandb.Table(columns=columns, data=rows)})
+        self.run.log({key: self._wandb.Table(columns=list[Any](columns), data=rows)})
 
     def finish(self) -> None:
         self.run.finish()

@@ -37,7 +37,9 @@ def _conv(family: TaskFamily) -> nn.Module:
     """MAML-conv: a convolution with the task's kernel size and padding."""
     kernel = family.kernel_size
     if not isinstance(kernel, int):
-        raise MetasymError(f"task {family.name!r} has no convolution kernel; model 'conv' needs one")
+        raise MetasymError(
+            f"task {family.name!r} has no convolution kernel; model 'conv' needs one"
+        )
     return Conv(family.in_shape, family.out_shape, kernel, family.conv_padding)
 
 

@@ -9,11 +9,11 @@ too), ``sharing.png`` and ``curve.png``.
 from __future__ import annotations
 
 import json
-import sys
 import logging
+import sys
 import time
-from dataclasses import asdict
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 

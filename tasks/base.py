@@ -57,7 +57,8 @@ class TaskBatch:
             )
         if sx.shape[1] != sy.shape[1] or qx.shape[1] != qy.shape[1]:
             raise MetasymError(
-                f"x and y disagree on the number of examples: support {sx.shape[1]} vs {sy.shape[1]}, "
+                "x and y disagree on the number of examples: "
+                f"support {sx.shape[1]} vs {sy.shape[1]}, "
                 f"query {qx.shape[1]} vs {qy.shape[1]}"
             )
         if sx.shape[2] != qx.shape[2] or sy.shape[2] != qy.shape[2]:

@@ -26,6 +26,8 @@ class Conv1dTasks(LinearTaskFamily):
         circular: wrap around (``o = i``) instead of a valid convolution (``o = i - k + 1``).
     """
 
+    kernel_size: int
+
     def __init__(self, n_in: int = 70, kernel_size: int = 3, circular: bool = False) -> None:
         check_sizes(n_in=n_in, kernel_size=kernel_size)
         if not circular and kernel_size > n_in:

@@ -30,7 +30,7 @@ ROTATIONS = 4
 
 
 def rotate_offset(dy: int, dx: int, r: int) -> tuple[int, int]:
-    """Rotate a grid offset ``r`` times by 90 degrees: one turn maps ``(dy, dx)`` to ``(dx, -dy)``."""
+    """Rotate a grid offset ``r`` quarter turns; one turn maps ``(dy, dx)`` to ``(dx, -dy)``."""
     for _ in range(r % 4):
         dy, dx = dx, -dy
     return dy, dx

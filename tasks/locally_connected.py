@@ -27,6 +27,8 @@ class LocallyConnected1dTasks(LinearTaskFamily):
         seed: seed of the family's fixed connectivity matrix ``C``.
     """
 
+    kernel_size: int
+
     def __init__(self, n_in: int = 70, kernel_size: int = 3, rank: int = 2, seed: int = 0) -> None:
         check_sizes(n_in=n_in, kernel_size=kernel_size, rank=rank)
         self.kernel_size = kernel_size

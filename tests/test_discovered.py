@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _noisy_sharing(
     partition: torch.Tensor, k: int, noise: float, gen: torch.Generator
 ) -> torch.Tensor:
-    """A U whose rows are tied exactly along ``partition`` (after a random k x k mix), plus noise."""
+    """A U whose rows are tied exactly along ``partition``, plus noise."""
     flat = partition.reshape(-1)
     classes = int(flat.max()) + 1
     basis = torch.randn(classes, k, generator=gen)

@@ -154,7 +154,7 @@ def test_adapt_returns_a_model_fitted_to_the_support_set(gen):
 
 @pytest.mark.slow
 def test_conv1d_msr_matches_conv_and_learns_the_band():
-    """1000 outer steps on the valid 3-tap convolution family (arXiv 2007.02933, Table 1 setting)."""
+    """1000 outer steps on valid 3-tap convolutions (arXiv 2007.02933, Table 1 setting)."""
     fam = tasks.make_family("conv1d")
     cfg = MetaConfig(outer_steps=1000)
     results = {}

@@ -85,8 +85,14 @@ def test_classification_runs_report_accuracy(tmp_path):
     settings = {
         "task": {"name": "aug_digits", "n_way": 3, "k_shot": 1, "n_query_per_class": 2},
         "model": {"name": "fewshot_maml_conv"},
-        "meta": {"outer_steps": 3, "tasks_per_step": 2, "eval_tasks": 6, "loss": "cross_entropy",
-                 "n_support": 3, "n_query": 6},
+        "meta": {
+            "outer_steps": 3,
+            "tasks_per_step": 2,
+            "eval_tasks": 6,
+            "loss": "cross_entropy",
+            "n_support": 3,
+            "n_query": 6,
+        },
         "logger": {"name": "none"},
         "baselines": "all",
     }

@@ -114,7 +114,8 @@ def analyze_sharing(
     if true_partition is not None:
         if tuple(true_partition.shape) != (n_out, n_in):
             raise MetasymError(
-                f"true partition has shape {tuple(true_partition.shape)}; expected ({n_out}, {n_in})"
+                f"true partition has shape {tuple(true_partition.shape)}; "
+                f"expected ({n_out}, {n_in})"
             )
         result["truth"]["partition_distance"] = partition_distance(labels, true_partition)
         result["truth"]["adjusted_rand_index"] = adjusted_rand_index(labels, true_partition)

@@ -408,7 +408,7 @@ class MetaLearner:
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by ``MetaLearner.save``; refuse anything else with a clear error."""
+    """Read a checkpoint written by ``MetaLearner.save``; refuse anything else clearly."""
     path = Path(path)
     if not path.is_file():
         raise MetasymError(f"checkpoint {str(path)!r} does not exist or is not a file")
