@@ -316,3 +316,23 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class AggregateSweep:
+    """Hydra callback: after a multirun, write one table and plot over all of its run folders.
+
+    Registered in ``conf/config.yaml`` under ``hydra.callbacks``; writes ``results.md`` and
+    ``results.png`` into the sweep folder and prints the table.
+    """
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from metasym.aggregate import aggregate
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            table = aggregate([sweep_dir], sweep_dir / "results.md", sweep_dir / "results.png")
+        except MetasymError as err:  # e.g. every job of the sweep failed
+            print(f"metasym-train: no aggregated table: {err}", file=sys.stderr)
+            return
+        print(table)
+        print(f"aggregated table: {sweep_dir / 'results.md'} (plot: results.png)")

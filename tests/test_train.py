@@ -101,3 +101,27 @@ def test_classification_runs_report_accuracy(tmp_path):
     for result in metrics["methods"].values():
         assert 0.0 <= result["accuracy"] <= 1.0 and result["loss"] > 0
     assert "accuracy" in format_table(metrics)
+
+
+def test_a_sweep_of_four_models_and_two_seeds_yields_one_table(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "metasym.train",
+        "-m",
+        "task=conv1d",
+        "task.n_in=10",
+        "model=msr_fc,dense,conv,lc",
+        "meta.seed=0,1",
+        "meta.outer_steps=3",
+        "meta.eval_tasks=5",
+        "analyze=false",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = (tmp_path / "results.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| conv1d")]
+    assert len(rows) == 4 and all("| 2 |" in row for row in rows)  # 4 models, 2 seeds each
+    assert len(list(tmp_path.glob("*/metrics.json"))) == 8
+    assert (tmp_path / "results.png").stat().st_size > 10_000
