@@ -108,6 +108,24 @@ def _label_image(labels: torch.Tensor) -> np.ndarray:
     return img
 
 
+def _match_labels(labels: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Renumber recovered classes after the true classes they overlap most (same colours)."""
+    from scipy.optimize import linear_sum_assignment
+
+    a, b = labels.reshape(-1).numpy(), true.reshape(-1).numpy()
+    ka, kb = int(a.max()) + 1, int(b.max()) + 1
+    if ka <= 0 or kb <= 0 or ka * kb > 4_000_000:
+        return labels
+    both = (a >= 0) & (b >= 0)
+    table = np.zeros((ka, kb))
+    np.add.at(table, (a[both], b[both]), 1)
+    rows, cols = linear_sum_assignment(-table)
+    mapping = np.arange(kb, kb + ka)  # unmatched classes get fresh numbers
+    mapping[rows] = cols
+    out = np.where(a >= 0, mapping[np.clip(a, 0, None)], -1)
+    return torch.from_numpy(out).reshape(labels.shape)
+
+
 def plot_partition(
     labels: torch.Tensor, true: torch.Tensor | None, path: str | Path, title: str = "tie partition"
 ) -> Path:
@@ -116,6 +134,8 @@ def plot_partition(
     Shape:
         labels, true: ``(o, i)``.
     """
+    if true is not None:
+        labels = _match_labels(labels, true)
     panels = [("recovered from U", labels)] + ([("true", true)] if true is not None else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.6), squeeze=False)
     cmap = plt.get_cmap("tab20").with_extremes(bad="white")
