@@ -181,3 +181,13 @@ def test_analyze_command_reports_errors_without_a_traceback(tmp_path):
     assert done.returncode == 2
     assert "metasym-analyze: error: run folder" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "nothing").exists()
+
+
+@pytest.mark.slow
+def test_theory_commands_read_a_discovered_group(d6_run):
+    from metasym.theory.invariant_krr import parse_group as parse_theory_group
+
+    run_dir, _ = d6_run
+    perms = parse_theory_group(str(run_dir / "symmetry.json"))
+    assert perms.shape == (12, 6)  # D_6 acting on the 6 inputs
+    assert sorted(perms[:, 0].tolist()) == sorted(list(range(6)) * 2)

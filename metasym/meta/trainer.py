@@ -51,6 +51,8 @@ class MetaConfig:
         outer_lr: Adam learning rate of the outer loop.
         lr_schedule: ``"constant"``, or ``"cosine"`` (decay to zero over ``outer_steps``; it lets
             the rows of ``U`` settle, so the learned ties are cleaner).
+        weight_decay: decoupled weight decay (AdamW) on the meta parameters (MSR's ``U``) only;
+            it pulls weights that no task needs to zero.
         inner_steps: SGD steps of the inner loop.
         inner_lr: initial value of each learned inner learning rate.
         learn_inner_lr: meta-learn the inner learning rates.
@@ -72,6 +74,7 @@ class MetaConfig:
     tasks_per_step: int = 32
     outer_lr: float = 1e-3
     lr_schedule: str = "constant"
+    weight_decay: float = 0.0
     inner_steps: int = 1
     inner_lr: float = 0.1
     learn_inner_lr: bool = True
@@ -107,6 +110,10 @@ class MetaConfig:
             raise MetasymError(f"outer_lr must be a positive finite number; got {self.outer_lr!r}")
         if not math.isfinite(self.inner_lr):
             raise MetasymError(f"inner_lr must be finite; got {self.inner_lr!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise MetasymError(
+                f"weight_decay must be a finite number >= 0; got {self.weight_decay!r}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise MetasymError(
                 f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}"
@@ -172,8 +179,19 @@ class MetaLearner:
         self.fast_names = list(fast)
         self.inner_lrs = nn.Parameter(torch.full((len(fast),), float(config.inner_lr)))
         self.inner_lrs.requires_grad_(config.learn_inner_lr)
-        params = list(model.parameters()) + ([self.inner_lrs] if config.learn_inner_lr else [])
-        self.optimizer = torch.optim.Adam(params, lr=config.outer_lr)
+        fast_params, meta_params = split_parameters(model)
+        others = list(fast_params.values()) + ([self.inner_lrs] if config.learn_inner_lr else [])
+        if config.weight_decay > 0:
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                [
+                    {"params": list(meta_params.values()), "weight_decay": config.weight_decay},
+                    {"params": others, "weight_decay": 0.0},
+                ],
+                lr=config.outer_lr,
+            )
+        else:
+            params = list(model.parameters()) + ([self.inner_lrs] if config.learn_inner_lr else [])
+            self.optimizer = torch.optim.Adam(params, lr=config.outer_lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step_count = 0
         self.history: list[dict[str, float]] = []

@@ -169,7 +169,8 @@ def parse_group(spec: str) -> Tensor:
             of an ``n``-gon), ``symmetric:n``, ``trivial:n``, ``grid-rot:s`` (C4 rotations of an
             ``s × s`` grid, ``s²`` points), ``grid-d4:s`` (rotations and flips), ``grid-shift:s``
             (torus translations of rows and columns); or a path to a JSON file with a
-            ``generators`` list of permutation arrays (``symmetry.json`` written by the analysis).
+            ``generators`` list of permutation arrays, or a ``symmetry.json`` written by
+            ``metasym-analyze`` (its layer group's action on the layer's inputs is used).
 
     Returns:
         All elements of the group, identity first.
@@ -182,6 +183,14 @@ def parse_group(spec: str) -> Tensor:
         if not path.is_file():
             raise MetasymError(f"group file {spec!r} does not exist")
         data = json.loads(path.read_text())
+        layer = data.get("group") if isinstance(data, dict) else None
+        if isinstance(layer, dict) and {"n_out", "n_in", "generators"} <= set(layer):
+            # a layer group on outputs + inputs: keep its action on the inputs
+            n_out = int(layer["n_out"])
+            data = {
+                "generators": [[p - n_out for p in g[n_out:]] for g in layer["generators"]],
+                "degree": int(layer["n_in"]),
+            }
         gens = data.get("generators") if isinstance(data, dict) else None
         if not isinstance(gens, list):
             raise MetasymError(f"group file {spec!r} has no 'generators' list of permutations")
