@@ -203,3 +203,17 @@ def test_digits_p4_msr_is_five_times_better_than_dense():
         learner.fit()
         results[name] = learner.evaluate().mean
     assert 5 * results["msr_fc"] < results["dense"]
+
+
+def test_weight_decay_acts_on_the_sharing_only():
+    fam = tasks.make_family("conv1d", n_in=10)
+    learner = MetaLearner(build_model("msr_fc", fam), fam, MetaConfig(weight_decay=0.5))
+    decays = {
+        id(p): group["weight_decay"]
+        for group in learner.optimizer.param_groups
+        for p in group["params"]
+    }
+    assert decays[id(learner.model.U)] == 0.5
+    assert decays[id(learner.model.v)] == 0.0 and decays[id(learner.inner_lrs)] == 0.0
+    with pytest.raises(MetasymError, match="weight_decay must be a finite number >= 0; got -1"):
+        MetaConfig(weight_decay=-1)
