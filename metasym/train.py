@@ -111,8 +111,11 @@ def run(
             "choose a new folder"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    if settings.get("threads"):
-        torch.set_num_threads(int(settings["threads"]))
+    threads = settings.get("threads")
+    if threads is not None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise MetasymError(f"threads must be a positive integer or null; got {threads!r}")
+        torch.set_num_threads(threads)
     if settings.get("device", "cpu") != "cpu":
         raise MetasymError(
             f"device {settings['device']!r} is not supported by the main job yet; valid: cpu"

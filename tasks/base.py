@@ -108,6 +108,7 @@ class TaskFamily(ABC):
     conv_padding: tuple[int, ...] | None = None  # circular F.pad widths for the conv baseline
     filter_size: int = 1  # free parameters of one task's filter: MSR's natural latent size k
     models: tuple[str, ...] = ("msr_fc", "dense", "conv", "lc")  # models that fit (baselines=all)
+    loss: str = "mse"  # the loss its targets call for: "mse", or "cross_entropy" for class labels
 
     @property
     def in_features(self) -> int:

@@ -112,6 +112,7 @@ class AugDigitsTasks(TaskFamily):
                 f"{per_split}/{per_split} into meta-training and meta-test classes); got {n_way}"
             )
         self.name = "aug_digits"
+        self.loss = "cross_entropy"
         self.models = ("fewshot_msr_conv", "fewshot_maml_conv")
         self.in_shape = (1, SIDE, SIDE)
         self.out_shape = (1,)  # the label column; the models output n_way logits

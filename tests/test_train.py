@@ -125,3 +125,16 @@ def test_a_sweep_of_four_models_and_two_seeds_yields_one_table(tmp_path):
     assert len(rows) == 4 and all("| 2 |" in row for row in rows)  # 4 models, 2 seeds each
     assert len(list(tmp_path.glob("*/metrics.json"))) == 8
     assert (tmp_path / "results.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("over", "fragment"),
+    [
+        ({"threads": -2}, "threads must be a positive integer or null; got -2"),
+        ({"meta": {"loss": "cross_entropy"}}, "loss 'cross_entropy' does not fit task 'conv1d'"),
+        ({"device": "banana"}, "device 'banana' is not supported"),
+    ],
+)
+def test_more_bad_settings_are_refused(tmp_path, over, fragment):
+    with pytest.raises(MetasymError, match=fragment):
+        run(_settings(**over), tmp_path, progress=False)

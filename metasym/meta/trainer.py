@@ -174,6 +174,11 @@ class MetaLearner:
     """
 
     def __init__(self, model: nn.Module, family: TaskFamily, config: MetaConfig) -> None:
+        if config.loss != family.loss:
+            raise MetasymError(
+                f"loss {config.loss!r} does not fit task {family.name!r}, whose targets call for "
+                f"loss {family.loss!r}"
+            )
         self.model, self.family, self.config = model, family, config
         fast, _ = split_parameters(model)
         self.fast_names = list(fast)
