@@ -68,18 +68,28 @@ def _check_resumable(state: dict[str, Any], settings: dict[str, Any], path: Path
         "task": state.get("metadata", {}).get("task"),
         "model": state.get("metadata", {}).get("model"),
     }
-    diffs = [k for k in ("task", "model") if saved[k] != dict(settings[k])]
+    diffs = [
+        f"{k} (run: {saved[k]}, now: {dict(settings[k])})"
+        for k in ("task", "model")
+        if saved[k] != dict(settings[k])
+    ]
     old_meta = dict(state.get("config", {}))
     new_meta = asdict(MetaConfig(**settings["meta"]))
     diffs += [
-        f"meta.{k}"
+        f"meta.{k} (run: {old_meta.get(k)!r}, now: {new_meta.get(k)!r})"
         for k in sorted(set(old_meta) | set(new_meta))
         if k not in RESUMABLE_META_KEYS and old_meta.get(k) != new_meta.get(k)
     ]
     if diffs:
         raise MetasymError(
-            f"cannot resume {str(path)!r}: {', '.join(diffs)} differ from the checkpoint's run; "
-            f"only {', '.join(sorted('meta.' + k for k in RESUMABLE_META_KEYS))} may change"
+            f"cannot resume {str(path)!r}: {'; '.join(diffs)} differ from the checkpoint's run. "
+            "Resume with the run's own overrides (see its config.yaml); only "
+            f"{', '.join(sorted('meta.' + k for k in RESUMABLE_META_KEYS))} may change"
+        )
+    if new_meta["outer_steps"] < int(state.get("step", 0)):
+        raise MetasymError(
+            f"cannot resume {str(path)!r} with meta.outer_steps={new_meta['outer_steps']}: the run "
+            f"is already at step {state['step']}; give at least that many"
         )
 
 
@@ -271,6 +281,14 @@ def _run_dir(resume: Any, default: str) -> str:
     return str(resume)
 
 
+def _drop_if_empty(run_dir: Path) -> None:
+    """Remove a run folder that a refused run left empty (Hydra creates it before the job)."""
+    try:
+        run_dir.rmdir()  # only succeeds when empty
+    except OSError:
+        pass
+
+
 def _register_schemas() -> None:
     """Typed schemas, so that Hydra refuses misspelled or ill-typed keys before a run starts."""
     from hydra.core.config_store import ConfigStore
@@ -297,11 +315,19 @@ def _hydra_main() -> None:
         try:
             metrics = run({str(k): v for k, v in settings.items()}, run_dir, resume=resume)
         except MetasymError as err:
+            _drop_if_empty(run_dir)
             print(f"metasym-train: error: {err}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print(
+                f"\nmetasym-train: interrupted; the checkpoint in {run_dir} holds the last "
+                f"finished step. Continue with: resume={run_dir} (and the same overrides)",
+                file=sys.stderr,
+            )
+            sys.exit(130)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         print(format_table(metrics))
-        if (run_dir / "symmetry.json").is_file():
+        if "symmetry" in metrics and (run_dir / "symmetry.json").is_file():
             from metasym.analyze import format_report
 
             symmetry = json.loads((run_dir / "symmetry.json").read_text())

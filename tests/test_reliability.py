@@ -78,9 +78,9 @@ def test_resume_extends_a_finished_run_like_an_uninterrupted_one(tmp_path):
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        ({"meta": {"outer_lr": 0.01}}, "meta.outer_lr differ"),
-        ({"task": {"name": "conv1d", "n_in": 14}}, "task differ"),
-        ({"model": {"name": "msr_fc", "latent": 2}}, "model differ"),
+        ({"meta": {"outer_lr": 0.01}}, "meta.outer_lr \\(run: 0.001, now: 0.01\\)"),
+        ({"task": {"name": "conv1d", "n_in": 14}}, "task \\(run: "),
+        ({"model": {"name": "msr_fc", "latent": 2}}, "model \\(run: "),
     ],
 )
 def test_resume_refuses_a_config_that_changes_the_model(tmp_path, change, fragment):
@@ -137,28 +137,53 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_writes_a_checkpoint_before_exiting(tmp_path):
-    out = tmp_path / "run"
-    args = [
-        "meta.outer_steps=100000",
-        "meta.checkpoint_every=0",
+def test_ctrl_c_checkpoints_a_state_that_resumes_exactly(tmp_path):
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    common = [
+        "meta.outer_steps=4000",
+        "meta.checkpoint_every=100",
         "meta.eval_every=0",
-        "meta.eval_tasks=10",
-        f"hydra.run.dir={out}",
+        "meta.eval_tasks=30",
     ]
     proc = subprocess.Popen(
-        [*TRAIN, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [*TRAIN, *common, f"hydra.run.dir={stopped}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    # wait until training is under way (the log file appears when the job starts)
-    deadline = time.monotonic() + 120
-    while not (out / "train.log").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(3.0)
+    _wait_for_step(stopped / "checkpoint.pt", 100, proc)
+    time.sleep(0.37)  # land between checkpoints
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    state = load_checkpoint(out / "checkpoint.pt")
-    assert 0 < state["step"] < 100000
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    step = load_checkpoint(stopped / "checkpoint.pt")["step"]
+    assert 100 <= step < 4000
+
+    for args in ([f"resume={stopped}"], [f"hydra.run.dir={straight}"]):
+        done = subprocess.run(
+            [*TRAIN, *common, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    a = json.loads((stopped / "metrics.json").read_text())
+    b = json.loads((straight / "metrics.json").read_text())
+    assert _scores(a) == _scores(b)
+
+
+def test_refused_runs_leave_no_folder_behind(tmp_path):
+    target = tmp_path / "typo"
+    done = subprocess.run(
+        [*TRAIN, f"resume={target}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and "holds no checkpoint.pt" in done.stderr
+    assert not target.exists()
+
+
+def test_resume_refuses_fewer_steps_than_taken(tmp_path):
+    run(_settings(outer_steps=20), tmp_path, progress=False)
+    with pytest.raises(MetasymError, match="meta.outer_steps=10: the run is already at step 20"):
+        run(_settings(outer_steps=10), tmp_path, progress=False, resume=True)
 
 
 @pytest.mark.slow

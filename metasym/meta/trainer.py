@@ -12,7 +12,9 @@ import copy
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -259,23 +261,32 @@ class MetaLearner:
             steps: total number of outer steps to reach (a resumed learner continues from its step).
             callback: called as ``callback(step, loss)`` after each step (progress bars, loggers).
             checkpoint: where to write checkpoints: every ``checkpoint_every`` steps, at the end,
-                and on ``KeyboardInterrupt`` (Ctrl-C) before it propagates.
+                and on Ctrl-C, which finishes the step in flight, writes the checkpoint and then
+                raises ``KeyboardInterrupt``.
 
         Returns:
             The history: one record per step with ``step`` and ``train_loss`` (and ``test_mse``
             where evaluated).
         """
         total = self.config.outer_steps if steps is None else steps
+        # Ctrl-C only raises a flag: the step in flight finishes, so the checkpoint written on
+        # the way out is a consistent state and a resumed run repeats the uninterrupted one.
+        # A second Ctrl-C stops at once without writing.
+        stop = {"requested": False}
+
+        def on_sigint(signum: int, frame: object) -> None:
+            if stop["requested"]:
+                raise KeyboardInterrupt
+            stop["requested"] = True
+
+        previous = None
+        if checkpoint is not None and threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, on_sigint)
         try:
-            self._fit(total, callback, checkpoint)
-        except KeyboardInterrupt:
-            # keep what was learned: a resumed run continues from here
-            if checkpoint is not None:
-                self.save(checkpoint)
-                log.warning(
-                    "interrupted at step %d; checkpoint written to %s", self.step_count, checkpoint
-                )
-            raise
+            self._fit(total, callback, checkpoint, stop)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         return self.history
 
     def _fit(
@@ -283,6 +294,7 @@ class MetaLearner:
         total: int,
         callback: Callable[[int, float], None] | None,
         checkpoint: str | os.PathLike[str] | None,
+        stop: dict[str, bool],
     ) -> None:
         cfg = self.config
         saved_at = -1
@@ -301,6 +313,11 @@ class MetaLearner:
             ):
                 self.save(checkpoint)
                 saved_at = self.step_count
+            if stop["requested"]:
+                if checkpoint is not None:
+                    self.save(checkpoint)
+                    log.warning("interrupted at step %d; checkpoint written", self.step_count)
+                raise KeyboardInterrupt
         if checkpoint is not None and saved_at != self.step_count:
             self.save(checkpoint)
 
