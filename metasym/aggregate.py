@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import statistics
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,7 +312,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--markdown", help="write the markdown table here")
     parser.add_argument("--plot", help="write the PNG plot here")
     args = parser.parse_args(argv)
-    print(aggregate(args.dirs, args.markdown, args.plot))
+    try:
+        print(aggregate(args.dirs, args.markdown, args.plot))
+    except MetasymError as err:
+        print(f"metasym-aggregate: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

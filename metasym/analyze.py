@@ -55,6 +55,30 @@ def format_report(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _arguments(cfg: Any) -> dict[str, Any]:
+    """Check the command-line settings of ``metasym-analyze``; refuse bad ones by name."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "run_dir"):
+        raise MetasymError("run_dir is required: metasym-analyze run_dir=<a run folder>")
+    args: dict[str, Any] = {"run_dir": str(cfg.run_dir)}
+    for key in ("zero_tol", "tie_tol"):
+        value = cfg.get(key)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is not None and not (number and value >= 0):
+            raise MetasymError(f"{key} must be a number >= 0 or null (adaptive); got {value!r}")
+        args[key] = None if value is None else float(value)
+    samples = cfg.get("samples")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise MetasymError(f"samples must be a positive integer; got {samples!r}")
+    args["samples"] = samples
+    universality = cfg.get("universality")
+    if not isinstance(universality, bool):
+        raise MetasymError(f"universality must be true or false; got {universality!r}")
+    args["universality"] = universality
+    return args
+
+
 def _hydra_main() -> None:
     import hydra
     from omegaconf import DictConfig
@@ -66,13 +90,7 @@ def _hydra_main() -> None:
         from metasym.discovered import analyze_run
 
         try:
-            summary = analyze_run(
-                str(cfg.run_dir),
-                zero_tol=cfg.zero_tol,
-                tie_tol=cfg.tie_tol,
-                samples=int(cfg.samples),
-                universality=bool(cfg.universality),
-            )
+            summary = analyze_run(**_arguments(cfg))
         except MetasymError as err:
             print(f"metasym-analyze: error: {err}", file=sys.stderr)
             sys.exit(2)

@@ -52,6 +52,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
             MSR layer with a sharing matrix.
     """
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise MetasymError(f"{str(run_dir)!r} is a file; give the run folder that holds it")
     if not run_dir.is_dir():
         raise MetasymError(f"run folder {str(run_dir)!r} does not exist")
     ckpt = run_dir / "checkpoint.pt"

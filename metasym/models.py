@@ -84,6 +84,11 @@ def build_model(name: str, family: TaskFamily, **options: Any) -> nn.Module:
     """
     if name not in MODEL_BUILDERS:
         raise MetasymError(f"unknown model {name!r}; valid models: {', '.join(MODEL_BUILDERS)}")
+    if name not in family.models:
+        raise MetasymError(
+            f"model {name!r} does not fit task {family.name!r}; models for it: "
+            f"{', '.join(family.models)}"
+        )
     try:
         return MODEL_BUILDERS[name](family, **options)
     except TypeError as err:

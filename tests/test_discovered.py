@@ -191,3 +191,35 @@ def test_theory_commands_read_a_discovered_group(d6_run):
     perms = parse_theory_group(str(run_dir / "symmetry.json"))
     assert perms.shape == (12, 6)  # D_6 acting on the 6 inputs
     assert sorted(perms[:, 0].tolist()) == sorted(list(range(6)) * 2)
+
+
+@pytest.mark.parametrize(
+    ("over", "fragment"),
+    [
+        ({"run_dir": "???"}, "run_dir is required"),
+        ({"samples": "abc"}, "samples must be a positive integer; got 'abc'"),
+        ({"tie_tol": "abc"}, "tie_tol must be a number >= 0 or null"),
+        ({"zero_tol": -1}, "zero_tol must be a number >= 0 or null"),
+        ({"universality": "maybe"}, "universality must be true or false"),
+    ],
+)
+def test_analyze_arguments_are_checked(over, fragment):
+    from omegaconf import OmegaConf
+
+    from metasym.analyze import _arguments
+
+    base = {"run_dir": "x", "zero_tol": None, "tie_tol": None, "samples": 32, "universality": True}
+    with pytest.raises(MetasymError, match=fragment):
+        _arguments(OmegaConf.create({**base, **over}))
+
+
+def test_aggregate_command_reports_errors_without_a_traceback(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "metasym.aggregate", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "metasym-aggregate: error: no run folders" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -135,7 +135,7 @@ def test_models_map_images_to_logits_and_split_fast_from_meta(family, gen):
     assert sorted(fast) == ["convs.0.v", "convs.1.v", "convs.2.v", "head.bias", "head.weight"]
     assert sorted(meta) == ["conv_bias", "convs.0.U", "convs.1.U", "convs.2.U"]
     assert [c.U.shape for c in msr.convs] == [(144, 18), (2304, 288), (2304, 288)]
-    with pytest.raises(MetasymError, match="few-shot models need a classification family"):
+    with pytest.raises(MetasymError, match="model 'fewshot_msr_conv' does not fit task 'conv1d'"):
         build_model("fewshot_msr_conv", tasks.make_family("conv1d", n_in=10))
     with pytest.raises(MetasymError, match="expects inputs with 64 features"):
         msr(torch.zeros(2, 63))

@@ -131,7 +131,11 @@ def test_fast_parameters_of_baselines_and_nested_models():
     ("model", "task", "fragment"),
     [
         ("mlp", "conv1d", "unknown model 'mlp'; valid models: msr_fc, dense, conv, lc"),
-        ("lc", "digits_p4", "1D locally connected layer"),
+        (
+            "lc",
+            "digits_p4",
+            "model .lc. does not fit task .digits_p4.; models for it: msr_fc, dense, conv",
+        ),
     ],
 )
 def test_unknown_or_unfit_models_are_refused(model, task, fragment):

@@ -110,8 +110,8 @@ class MetaConfig:
                 )
         if not (self.outer_lr > 0 and math.isfinite(self.outer_lr)):
             raise MetasymError(f"outer_lr must be a positive finite number; got {self.outer_lr!r}")
-        if not math.isfinite(self.inner_lr):
-            raise MetasymError(f"inner_lr must be finite; got {self.inner_lr!r}")
+        if not (self.inner_lr > 0 and math.isfinite(self.inner_lr)):
+            raise MetasymError(f"inner_lr must be a positive finite number; got {self.inner_lr!r}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise MetasymError(
                 f"weight_decay must be a finite number >= 0; got {self.weight_decay!r}"
