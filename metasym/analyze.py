@@ -17,6 +17,10 @@ from metasym.errors import MetasymError
 __all__ = ["format_report", "main"]
 
 
+def _named(name: str, order: int) -> str:
+    return name if name.startswith("group of order") else f"{name} (order {order})"
+
+
 def format_report(summary: dict[str, Any]) -> str:
     """The report printed by ``metasym-analyze`` (and at the end of ``metasym-train``)."""
     group, truth, eq = summary["group"], summary["truth"], summary["equivariance"]
@@ -33,7 +37,7 @@ def format_report(summary: dict[str, Any]) -> str:
     lines.append(f"  {group['summary']}")
     if "relation" in truth:
         lines.append(
-            f"  true group: {truth['group_name']} (order {truth['group_order']}); recovered group "
+            f"  true group: {_named(truth['group_name'], truth['group_order'])}; recovered group "
             f"is {truth['relation']}" + (" to it" if truth["relation"] == "equal" else "")
         )
     lines.append(

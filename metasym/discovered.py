@@ -26,7 +26,7 @@ from metasym.meta.trainer import load_checkpoint
 from tasks import make_family
 from tasks.base import TaskFamily
 
-__all__ = ["RunInfo", "analyze_run", "load_layer", "read_run"]
+__all__ = ["RunInfo", "analyze_run", "load_layer", "read_run", "symmetry_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,28 @@ def analyze_run(
     tmp.replace(out)
     summary = {k: v for k, v in result.items() if k != "partition"}
     summary["partition"] = {k: v for k, v in result["partition"].items() if k != "labels"}
+
+    # keep metrics.json telling the same story as symmetry.json
+    metrics_path = info.run_dir / "metrics.json"
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        metrics["symmetry"] = symmetry_summary(summary)
+        tmp = metrics_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(metrics, indent=2))
+        tmp.replace(metrics_path)
     return summary
+
+
+def symmetry_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The short form of an analysis kept in ``metrics.json``."""
+    group, truth = summary["group"], summary["truth"]
+    return {
+        "summary": group["summary"],
+        "order": group["order"],
+        "name": group["name"],
+        "step": summary["step"],
+        **{k: truth[k] for k in ("relation", "partition_distance") if k in truth},
+    }
 
 
 def load_layer(run_dir: str | Path, snap: bool = False) -> SharedLinear:

@@ -68,32 +68,48 @@ def plot_sharing(
 
 
 def plot_curve(
-    history: list[dict[str, float]], path: str | Path, title: str = "meta-training"
+    histories: dict[str, list[dict[str, float]]], path: str | Path, title: str = "meta-training"
 ) -> Path:
-    """Train query loss (smoothed) and test query MSE against the outer step, log scale."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    steps = [h["step"] for h in history]
-    train = torch.tensor([h["train_loss"] for h in history])
-    ax.plot(steps, train.numpy(), color="0.75", lw=0.8, label="train query loss (per step)")
-    window = max(1, len(train) // 50)
-    if len(train) >= window > 1:
-        smooth = train.unfold(0, window, 1).mean(1)
+    """Train query loss (smoothed) and test query MSE against the outer step, one colour a method.
+
+    Args:
+        histories: per method, the records of ``MetaLearner.fit`` (``step``, ``train_loss`` and,
+            where evaluated, ``test_mse``).
+        path: where to write the PNG.
+        title: the figure's title.
+    """
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    for index, (name, history) in enumerate(histories.items()):
+        if not history:
+            continue
+        colour = f"C{index}"
+        steps = [h["step"] for h in history]
+        train = torch.tensor([h["train_loss"] for h in history])
+        window = max(1, len(train) // 50)
+        smooth = train.unfold(0, window, 1).mean(1) if window > 1 else train
         ax.plot(
             steps[window - 1 :],
             smooth.numpy(),
-            color="C0",
-            lw=1.6,
-            label=f"train (mean of {window})",
+            color=colour,
+            lw=1.4,
+            label=f"{name}: train (mean of {window} steps)",
         )
-    test = [(h["step"], h["test_mse"]) for h in history if "test_mse" in h]
-    if test:
-        ax.plot(*zip(*test, strict=True), "o-", color="C3", ms=3, label="test query MSE")
+        test = [(h["step"], h["test_mse"]) for h in history if "test_mse" in h]
+        if test:
+            ax.plot(
+                *zip(*test, strict=True),
+                "o--",
+                color=colour,
+                ms=3,
+                lw=0.8,
+                label=f"{name}: held-out tasks",
+            )
     ax.set_yscale("log")
     ax.set_xlabel("outer step")
-    ax.set_ylabel("query MSE after adaptation")
+    ax.set_ylabel("query loss after adaptation")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -153,7 +169,7 @@ def plot_partition(
     return path
 
 
-def plot_group(group_json: dict, family: object, path: str | Path, max_cayley: int = 48) -> Path:
+def plot_group(group_json: dict, family: object, path: str | Path, max_cayley: int = 512) -> Path:
     """The recovered group: its Cayley table when small, else its orbits on the input units.
 
     Args:
@@ -170,11 +186,14 @@ def plot_group(group_json: dict, family: object, path: str | Path, max_cayley: i
     order = group_json["order"]
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
     if 1 < order <= max_cayley:
-        elements = list(group.generate())
-        index = {tuple(e.array_form): j for j, e in enumerate(elements)}
-        table = np.array([[index[tuple((a * b).array_form)] for b in elements] for a in elements])
+        elements = np.array([e.array_form for e in group.generate()])  # (g, o + i)
+        index = {e.tobytes(): j for j, e in enumerate(elements)}
+        # sympy's a * b applies a first, then b: (a * b)(p) = b(a(p))
+        table = np.array([[index[b[a].tobytes()] for b in elements] for a in elements])
         ax.imshow(table, cmap="tab20" if order <= 20 else "viridis", interpolation="nearest")
-        ax.set_title(f"Cayley table of {group_json['name']} (order {order})")
+        name = group_json["name"]
+        named = name if name.startswith("group of order") else f"{name} (order {order})"
+        ax.set_title(f"Cayley table of {named}")
         ax.set_xlabel("element b")
         ax.set_ylabel("element a (cell: a*b)")
     else:
@@ -191,7 +210,7 @@ def plot_group(group_json: dict, family: object, path: str | Path, max_cayley: i
         )
         ax.imshow(img, cmap="tab20", interpolation="nearest", aspect="auto")
         label = group_json["name"] if order > 1 else "trivial group"
-        ax.set_title(f"orbits of {label} (order {order}) on the inputs", fontsize=10)
+        ax.set_title(f"orbits of {label} on the inputs (order {order})", fontsize=10)
         ax.set_xlabel("input column" if img.shape[0] > 1 else "input unit i")
         ax.set_ylabel("input row" if img.shape[0] > 1 else "")
     fig.tight_layout()

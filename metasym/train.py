@@ -147,6 +147,7 @@ def run(
 
     metrics: dict[str, Any] = {"task": family.name, "model": model_name, "methods": {}}
     main_learner: MetaLearner | None = None
+    histories: dict[str, list[dict[str, float]]] = {}
     for index, name in enumerate([model_name, *baselines]):
         opts = model_opts if name == model_name else {}
         with torch.random.fork_rng():
@@ -160,7 +161,11 @@ def run(
             _check_resumable(state, {**settings, "model": learner.metadata["model"]}, ckpt)
             learner.load_state_dict(state)
         bar = tqdm(
-            total=config.outer_steps, desc=f"{family.name}/{name}", disable=not progress, leave=True
+            total=config.outer_steps,
+            initial=learner.step_count,
+            desc=f"{family.name}/{name}",
+            disable=not progress,
+            leave=True,
         )
 
         def on_step(step: int, loss: float, bar: tqdm = bar, name: str = name) -> None:
@@ -178,12 +183,25 @@ def run(
         result = learner.evaluate()
         metrics["methods"][name] = {**result.as_dict(), "train_seconds": round(seconds, 2)}
         logger.log({f"{name}/test_mse": result.mean, f"{name}/test_ci95": result.ci95})
+        histories[name] = learner.history
         if index == 0:
             main_learner = learner
-            plot_curve(learner.history, run_dir / "curve.png", title=f"{name} on {family.name}")
     assert main_learner is not None
+    plot_curve(histories, run_dir / "curve.png", title=f"meta-training on {family.name}")
 
-    metrics["mean_squared_target"] = _mean_squared_target(main_learner)
+    if family.loss == "mse":
+        target = _mean_squared_target(main_learner)
+        metrics["mean_squared_target"] = target
+        for name, result in metrics["methods"].items():
+            if result["mse"] > 2 * target:
+                result["diverged"] = True
+                log.warning(
+                    "%s ends with query MSE %.3g, above twice the mean squared target %.3g: "
+                    "training diverged; lower meta.outer_lr or meta.inner_lr",
+                    name,
+                    result["mse"],
+                    target,
+                )
     metrics["outer_steps"] = config.outer_steps
     metrics["inner_lrs"] = main_learner.inner_lrs.detach().tolist()
     if isinstance(main_learner.model, SharedLinear):
@@ -198,20 +216,11 @@ def run(
         metrics["band_energy"] = _partition_energy(layer, family)
         logger.log_image("sharing", run_dir / "sharing.png")
     if settings.get("analyze", True) and isinstance(main_learner.model, SharedLinear):
-        from metasym.discovered import analyze_run
+        from metasym.discovered import analyze_run, symmetry_summary
 
         summary = analyze_run(run_dir)
         group = summary["group"]
-        metrics["symmetry"] = {
-            "summary": group["summary"],
-            "order": group["order"],
-            "name": group["name"],
-            **{
-                k: summary["truth"][k]
-                for k in ("relation", "partition_distance")
-                if k in summary["truth"]
-            },
-        }
+        metrics["symmetry"] = symmetry_summary(summary)
         logger.log_table(
             "discovered_group",
             ["name", "order", "relation_to_truth", "generators"],
@@ -247,13 +256,18 @@ def _partition_energy(layer: SharedLinear, family: TaskFamily, probes: int = 64)
 
 def format_table(metrics: dict[str, Any]) -> str:
     """The comparison table printed at the end of a run."""
-    lines = [f"task {metrics['task']}  (mean squared target {metrics['mean_squared_target']:.3f})"]
+    target = metrics.get("mean_squared_target")
+    lines = [
+        f"task {metrics['task']}" + (f"  (mean squared target {target:.3f})" if target else "")
+    ]
     lines.append(f"{'method':<10} {'query loss':>10} {'95% CI':>9} {'train s':>8}")
     for name, r in metrics["methods"].items():
         loss = r.get("mse", r.get("loss", float("nan")))
         line = f"{name:<10} {loss:>10.4f} {r['ci95']:>9.4f} {r['train_seconds']:>8.1f}"
         if "accuracy" in r:
             line += f"   accuracy {100 * r['accuracy']:.1f}% +- {100 * r['accuracy_ci95']:.1f}"
+        if r.get("diverged"):
+            line += "   DIVERGED (above twice the mean squared target)"
         lines.append(line)
     if "band_energy" in metrics:
         lines.append(
