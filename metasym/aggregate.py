@@ -241,7 +241,7 @@ def plot_summaries(summaries: Sequence[CellSummary], path: str | Path) -> Path:
         raise MetasymError("no runs to plot; pass folders that hold finished runs")
     tasks = sorted({s.cell[0] for s in summaries})
     steps = sorted({s.cell[3] for s in summaries})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.5, 5 * len(tasks)), 4.6), squeeze=False)
     width = 0.8 / len(steps)
     for ax, task in zip(axes[0], tasks, strict=True):
         rows = [s for s in summaries if s.cell[0] == task]
@@ -255,7 +255,11 @@ def plot_summaries(summaries: Sequence[CellSummary], path: str | Path) -> Path:
                 xs.append(labels.index(_label(s.cell[1], s.cell[2])) + shift)
                 heights.append(s.mean)
                 errors.append(s.task_ci95 if math.isnan(s.ci95) else s.ci95)
-            ax.bar(xs, heights, width, yerr=errors, capsize=3, label=f"{n_steps} outer steps")
+            # a log axis cannot show an interval reaching zero: clip the lower arm
+            lower = [min(e, 0.9 * h) for e, h in zip(errors, heights, strict=True)]
+            ax.bar(
+                xs, heights, width, yerr=[lower, errors], capsize=3, label=f"{n_steps} outer steps"
+            )
         target = statistics.fmean(s.mean_squared_target for s in rows)
         if not math.isnan(target):
             ax.axhline(target, color="gray", linestyle="--", linewidth=1, label="mean sq. target")
@@ -265,7 +269,7 @@ def plot_summaries(summaries: Sequence[CellSummary], path: str | Path) -> Path:
         ax.set_xlabel("model")
         ax.set_ylabel("query MSE (held-out tasks)")
         ax.legend(fontsize=8)
-    fig.suptitle("Query MSE after inner adaptation: mean over seeds, 95% interval")
+    fig.suptitle("query MSE after adaptation\n(mean over seeds, 95% interval)", fontsize=11)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
