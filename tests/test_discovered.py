@@ -223,3 +223,12 @@ def test_aggregate_command_reports_errors_without_a_traceback(tmp_path):
     assert done.returncode == 2
     assert "metasym-aggregate: error: no run folders" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_package_level_load_layer(d6_run):
+    import metasym
+
+    run_dir, _ = d6_run
+    layer = metasym.load_layer(run_dir, snap=True)
+    assert isinstance(layer, torch.nn.Module) and layer.latent == 4
