@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.experimental.callback import Callback
 from tqdm.auto import tqdm
 
 from metasym.errors import MetasymError
@@ -361,7 +362,7 @@ if __name__ == "__main__":
     main()
 
 
-class AggregateSweep:
+class AggregateSweep(Callback):
     """Hydra callback: after a multirun, write one table and plot over all of its run folders.
 
     Registered in ``conf/config.yaml`` under ``hydra.callbacks``; writes ``results.md`` and

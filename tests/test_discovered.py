@@ -232,3 +232,28 @@ def test_package_level_load_layer(d6_run):
     run_dir, _ = d6_run
     layer = metasym.load_layer(run_dir, snap=True)
     assert isinstance(layer, torch.nn.Module) and layer.latent == 4
+
+
+@pytest.mark.slow
+def test_meta_training_on_real_digits_discovers_p4(tmp_path):
+    """The main job's default task and settings (conf/task/digits_p4.yaml), evaluated briefly."""
+    settings = {
+        "task": {"name": "digits_p4"},
+        "model": {"name": "msr_fc"},
+        "meta": {
+            "n_support": 4,
+            "outer_steps": 3000,
+            "tasks_per_step": 64,
+            "outer_lr": 0.01,
+            "lr_schedule": "cosine",
+            "eval_tasks": 50,
+            "eval_every": 0,
+        },
+        "logger": {"name": "none"},
+    }
+    metrics = run(settings, tmp_path, progress=False)
+    assert metrics["symmetry"]["order"] == 256 and metrics["symmetry"]["relation"] == "equal"
+    assert metrics["symmetry"]["partition_distance"] == 0
+    sym = json.loads((tmp_path / "symmetry.json").read_text())
+    assert sym["equivariance"]["learned"] < 5e-2 and sym["equivariance"]["snapped"] < 1e-6
+    assert metrics["methods"]["msr_fc"]["mse"] < 0.05
